@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make reproduce` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch is pinned to the CPU wheel on purpose: an unpinned torch pulls a CUDA build.
+TORCH := torch==2.13.0
+
+.PHONY: setup test test-fast reproduce lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+reproduce: $(STAMP)
+	$(VENV)/bin/batchnorm reproduce figure1
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench: $(STAMP)
+	$(VENV)/bin/batchnorm bench
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,1 @@
+"""Batch Normalization (Ioffe & Szegedy 2015), exactly."""

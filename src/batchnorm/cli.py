@@ -1,0 +1,63 @@
+"""The ``batchnorm`` command.
+
+Each subcommand lives beside the code it drives and is imported only when used,
+so ``batchnorm --help`` stays fast and one broken experiment cannot break the rest.
+A subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# (command path, module, help)
+_COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
+    (("data", "fetch"), "batchnorm.data._cli_fetch", "fetch and verify a dataset"),
+    (("data", "info"), "batchnorm.data._cli_info", "show where each dataset is found"),
+    (("reproduce", "figure1"), "batchnorm.experiments.figure1", "the paper's Figure 1 (MNIST)"),
+    (
+        ("reproduce", "inception"),
+        "batchnorm.experiments.inception",
+        "the paper's Figures 2-3 (Inception variants) at small scale",
+    ),
+    (("bench",), "batchnorm.benchmark", "benchmark every backend against torch"),
+]
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="batchnorm", description=__doc__.splitlines()[0])
+    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {
+        (): parser.add_subparsers(dest="command", required=True)
+    }
+    for path, module_name, help_text in _COMMANDS:
+        for depth in range(1, len(path)):
+            prefix = path[:depth]
+            if prefix not in groups:
+                group_parser = groups[prefix[:-1]].add_parser(prefix[-1])
+                groups[prefix] = group_parser.add_subparsers(
+                    dest=f"command_{depth}", required=True
+                )
+        sub = groups[path[:-1]].add_parser(path[-1], help=help_text, description=help_text)
+        sub.set_defaults(_module=module_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:  # a subcommand that is not built yet still shows in --help
+            sub.set_defaults(_import_error=error)
+            continue
+        module.add_arguments(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    if getattr(args, "_import_error", None) is not None:
+        print(f"batchnorm: cannot load {args._module}: {args._import_error}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(args._module)
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
