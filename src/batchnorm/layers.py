@@ -1,0 +1,185 @@
+"""Batch Normalization layers, drop-in for ``torch.nn.BatchNorm1d/2d/3d``.
+
+Each layer *subclasses* the torch layer of the same name rather than copying
+it: constructor arguments, attribute and buffer names, ``state_dict`` keys and
+``isinstance`` checks (fusers, ``SyncBatchNorm.convert_sync_batchnorm``,
+weight-decay filters) all keep working. What changes is the forward:
+
+* the transform runs on a selectable ``backend`` (see :mod:`batchnorm.functional`);
+* running statistics follow a selectable ``estimator`` (see :mod:`batchnorm.statistics`),
+  including ``"population"``, Algorithm 2 step 3 exactly;
+* bad input raises an error naming the layer and the shape; a batch with
+  non-finite statistics never corrupts the running statistics (counted in the
+  non-persistent buffer ``skipped_updates``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from batchnorm.functional import BACKENDS, normalize, validate_input
+from batchnorm.statistics import ESTIMATORS, Estimator, update_running_statistics
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+
+_POPULATION_BUFFERS = ("population_batches", "population_samples")
+
+
+class _BatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Shared forward of the layers; see the module docstring."""
+
+    _accepted_ranks: tuple[int, ...] = ()
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+        *,
+        estimator: Estimator | None = None,
+        backend: str = "auto",
+    ) -> None:
+        name = type(self).__name__
+        if isinstance(num_features, bool) or not isinstance(num_features, int):
+            raise TypeError(f"{name}: num_features must be an int, got {num_features!r}")
+        if num_features <= 0:
+            raise ValueError(f"{name}: num_features must be positive, got {num_features}")
+        if not eps > 0:
+            raise ValueError(f"{name}: eps must be positive, got {eps}")
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum}")
+        if estimator is None:
+            estimator = "cumulative" if momentum is None else "ema"
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"{name}: estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        if estimator == "ema" and momentum is None:
+            raise ValueError(f"{name}: estimator 'ema' needs a momentum (momentum=None is 'cumulative')")
+        if backend != "auto" and backend not in BACKENDS:
+            # Kernel backends register on first use; only reject names that never appear.
+            from batchnorm.functional import available_backends
+
+            if backend not in available_backends():
+                raise ValueError(
+                    f"{name}: unknown backend {backend!r}; available: "
+                    f"{['auto', *available_backends()]}"
+                )
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.estimator: Estimator = estimator
+        self.backend = backend
+        if track_running_stats and estimator == "population":
+            for buffer in _POPULATION_BUFFERS:
+                self.register_buffer(buffer, torch.zeros((), dtype=torch.long, device=device))
+        self.register_buffer(
+            "skipped_updates", torch.zeros((), dtype=torch.long, device=device), persistent=False
+        )
+        self._has_statistics = False
+
+    def _describe(self) -> str:
+        return f"{type(self).__name__}({self.num_features})"
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() not in self._accepted_ranks:
+            ranks = " or ".join(f"{rank}D" for rank in self._accepted_ranks)
+            raise ValueError(
+                f"{self._describe()}: expected {ranks} input, got {input.dim()}D input of shape "
+                f"{tuple(input.shape)}"
+            )
+
+    def reset_running_stats(self) -> None:
+        super().reset_running_stats()
+        for buffer in _POPULATION_BUFFERS:
+            if hasattr(self, buffer):  # absent while torch's __init__ calls this
+                getattr(self, buffer).zero_()
+        self._has_statistics = False
+
+    def _check_statistics_tracked(self) -> None:
+        """Eval mode on the initial running statistics (mean 0, var 1) is almost never meant."""
+        if int(self.num_batches_tracked) > 0:
+            self._has_statistics = True
+            return
+        message = (
+            f"{self._describe()} is in eval mode but has tracked no statistics: it would "
+            "normalize with the initial running_mean=0, running_var=1. Train it, load a "
+            "state dict, or call batchnorm.recompute_statistics(model, batches) first."
+        )
+        if self.estimator == "population":
+            raise RuntimeError(message)
+        warnings.warn(message, stacklevel=3)
+        self._has_statistics = True  # warn once per layer
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        use_batch_statistics = self.training or not self.track_running_stats
+        validate_input(input, self.num_features, use_batch_statistics, self._describe())
+        if not use_batch_statistics and not self._has_statistics:
+            self._check_statistics_tracked()
+        output, batch_mean, batch_var = normalize(
+            input,
+            self.weight,
+            self.bias,
+            self.running_mean,
+            self.running_var,
+            use_batch_statistics,
+            self.eps,
+            self.backend,
+        )
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            skipped = update_running_statistics(
+                self, self.estimator, batch_mean, batch_var, input.numel() // input.shape[1]
+            )
+            self.skipped_updates.add_(skipped.to(self.skipped_updates.dtype))
+            self._has_statistics = True
+        return output
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        # A torch.nn state dict has no population counters: load it as statistics of
+        # unknown provenance (zero batches), which the next population pass replaces.
+        for buffer in _POPULATION_BUFFERS:
+            key = prefix + buffer
+            if key in missing_keys:
+                missing_keys.remove(key)
+                getattr(self, buffer).zero_()
+        self._has_statistics = False
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()
+        if self.estimator not in ("ema", "cumulative"):
+            text += f", estimator={self.estimator!r}"
+        if self.backend != "auto":
+            text += f", backend={self.backend!r}"
+        return text
+
+
+class BatchNorm1d(_BatchNorm, nn.BatchNorm1d):
+    """BN over (N, C) or (N, C, L) input: per activation, statistics over N (and L).
+
+    ``y = gamma * (x - E[x]) / sqrt(Var[x] + eps) + beta`` per channel.
+    """
+
+    _accepted_ranks = (2, 3)
+
+
+class BatchNorm2d(_BatchNorm, nn.BatchNorm2d):
+    """Convolutional BN over (N, C, H, W): per feature map, statistics over N*H*W values."""
+
+    _accepted_ranks = (4,)
+
+
+class BatchNorm3d(_BatchNorm, nn.BatchNorm3d):
+    """Convolutional BN over (N, C, D, H, W): per feature map, statistics over N*D*H*W."""
+
+    _accepted_ranks = (5,)
