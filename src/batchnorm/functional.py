@@ -201,7 +201,7 @@ def _native_forward(input, weight, bias, running_mean, running_var, training, ep
 
 
 register_backend(
-    Backend("reference", _reference_forward, description="the paper's equations (autograd.Function)")
+    Backend("reference", _reference_forward, description="the paper's equations, by hand")
 )
 register_backend(Backend("native", _native_forward, description="ATen's batch_norm"))
 

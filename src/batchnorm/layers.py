@@ -61,7 +61,9 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         if estimator not in ESTIMATORS:
             raise ValueError(f"{name}: estimator must be one of {ESTIMATORS}, got {estimator!r}")
         if estimator == "ema" and momentum is None:
-            raise ValueError(f"{name}: estimator 'ema' needs a momentum (momentum=None is 'cumulative')")
+            raise ValueError(
+                f"{name}: estimator 'ema' needs a momentum (momentum=None is 'cumulative')"
+            )
         if backend != "auto" and backend not in BACKENDS:
             # Kernel backends register on first use; only reject names that never appear.
             from batchnorm.functional import available_backends

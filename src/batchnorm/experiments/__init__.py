@@ -1,0 +1,1 @@
+"""The paper's experiments; each writes a self-contained run folder."""
