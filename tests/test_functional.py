@@ -1,0 +1,237 @@
+"""batchnorm.functional against torch.nn.functional, autograd and the NumPy oracle."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from _shapes import bn_shapes
+from batchnorm import functional as bnf
+from batchnorm import reference
+from batchnorm.functional import _PaperBatchNorm, batch_norm
+
+BACKENDS = ["reference", "native"]
+# float32 sums of a few hundred values: relative error well under 1e-5;
+# bfloat16 output has an 8-bit mantissa, so one rounding step is 2^-8 relative.
+TOLERANCES = {
+    torch.float64: dict(rtol=1e-10, atol=1e-10),
+    torch.float32: dict(rtol=1e-5, atol=1e-5),
+    torch.bfloat16: dict(rtol=2e-2, atol=2e-2),
+}
+
+
+def _params(channels: int, dtype: torch.dtype):
+    param_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
+    weight = torch.randn(channels, dtype=param_dtype).requires_grad_()
+    bias = torch.randn(channels, dtype=param_dtype).requires_grad_()
+    return weight, bias
+
+
+def _run(fn, x, weight, bias, running, training, steps, momentum):
+    """Several calls; returns last output, gradients and final running statistics."""
+    for _ in range(steps):
+        x_ = x.detach().clone().requires_grad_()
+        out = fn(x_, *running, weight, bias, training, momentum, 1e-5)
+    grad_out = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).reshape(out.shape)
+    wanted = [t for t in (x_, weight, bias) if t is not None]
+    grads = iter(torch.autograd.grad((out.double() * grad_out).sum(), wanted))
+    return out, [None if t is None else next(grads) for t in (x_, weight, bias)], running
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@given(
+    shape=bn_shapes(),
+    training=st.booleans(),
+    affine=st.booleans(),
+    track=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_torch_functional(backend, dtype, shape, training, affine, track, seed):
+    """Outputs, gradients and running statistics after 3 steps equal torch's.
+
+    bfloat16 is held to torch run in float64 on the same (rounded) input
+    instead: ATen's bfloat16 CPU kernel computes the variance in one pass,
+    which loses digits that ours keeps.
+    """
+    torch.manual_seed(seed)
+    if not training and not track:
+        training = True  # F.batch_norm needs running statistics in eval mode
+    x = (torch.randn(shape, dtype=torch.float64) * 3 + 1).to(dtype)
+    channels = shape[1]
+    weight, bias = _params(channels, dtype) if affine else (None, None)
+    stat_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
+
+    def running(dtype):
+        if not track:
+            return (None, None)
+        return (
+            torch.linspace(-1, 1, channels, dtype=dtype),
+            torch.linspace(0.5, 2, channels, dtype=dtype),
+        )
+
+    def ours(*args):
+        return batch_norm(*args, backend=backend)
+
+    out, grads, stats = _run(ours, x, weight, bias, running(stat_dtype), training, 3, 0.1)
+    if dtype == torch.bfloat16:
+        x_want = x.double()
+        w_want, b_want = (
+            None if p is None else p.detach().double().requires_grad_() for p in (weight, bias)
+        )
+        want, want_grads, want_stats = _run(
+            F.batch_norm, x_want, w_want, b_want, running(torch.float64), training, 3, 0.1
+        )
+    else:
+        want, want_grads, want_stats = _run(
+            F.batch_norm, x, weight, bias, running(stat_dtype), training, 3, 0.1
+        )
+    tol = TOLERANCES[dtype]
+    assert out.dtype == dtype and out.shape == want.shape
+    torch.testing.assert_close(out.double(), want.double(), **tol)
+    for got, expected in zip(grads, want_grads, strict=True):
+        if expected is None:
+            assert got is None
+            continue
+        if dtype == torch.bfloat16:
+            # dx is a difference of terms of size |dy| * gamma / sigma: in bfloat16 the
+            # rounding error scales with those terms, not with the (small) result.
+            scale = max(1.0, expected.double().abs().max().item())
+            tol = dict(rtol=2e-2, atol=2e-2 * scale)
+        torch.testing.assert_close(got.double(), expected.double(), **tol)
+    for got, expected in zip(stats, want_stats, strict=True):
+        if expected is not None:
+            assert got.dtype == stat_dtype
+            torch.testing.assert_close(got.double(), expected.double(), **TOLERANCES[stat_dtype])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_channels_last(backend):
+    x = torch.randn(4, 6, 5, 3).to(memory_format=torch.channels_last)
+    weight, bias = _params(6, torch.float32)
+    out = batch_norm(x, None, None, weight, bias, True, backend=backend)
+    want = F.batch_norm(x, None, None, weight, bias, True)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_gradcheck_float64():
+    x = torch.randn(5, 3, 4, 2, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, b):
+        return batch_norm(x, None, None, w, b, True, backend="reference")
+
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+    def f_eval(x, w, b):
+        mean = torch.linspace(-1, 1, 3, dtype=torch.float64)
+        var = torch.linspace(0.5, 2, 3, dtype=torch.float64)
+        return batch_norm(x, mean, var, w, b, False, backend="reference")
+
+    assert torch.autograd.gradcheck(f_eval, (x, w, b))
+
+
+@given(shape=bn_shapes())
+def test_paper_backward_equals_autograd_and_oracle(shape):
+    x = torch.randn(shape, dtype=torch.float64) * 2 + 0.5
+    w = torch.randn(shape[1], dtype=torch.float64)
+    b = torch.randn(shape[1], dtype=torch.float64)
+    dy = torch.randn(shape, dtype=torch.float64)
+    eps = 1e-3
+
+    # Autograd through the naive Algorithm 1.
+    xs, ws, bs = (t.clone().requires_grad_() for t in (x, w, b))
+    dims = [0, *range(2, x.dim())]
+    view = [1, -1] + [1] * (x.dim() - 2)
+    mu = xs.mean(dims, keepdim=True)
+    var = ((xs - mu) ** 2).mean(dims, keepdim=True)
+    naive = ws.view(view) * (xs - mu) / torch.sqrt(var + eps) + bs.view(view)
+    naive_grads = torch.autograd.grad(naive, [xs, ws, bs], dy)
+
+    xp, wp, bp = (t.clone().requires_grad_() for t in (x, w, b))
+    paper, _, _ = _PaperBatchNorm.apply(xp, wp, bp, eps)
+    paper_grads = torch.autograd.grad(paper, [xp, wp, bp], dy)
+
+    y_ref, cache = reference.forward(x.numpy(), w.numpy(), b.numpy(), eps)
+    oracle_grads = reference.backward(dy.numpy(), cache)
+
+    np.testing.assert_allclose(paper.detach().numpy(), y_ref, rtol=1e-10, atol=1e-10)
+    for got, via_autograd, oracle in zip(paper_grads, naive_grads, oracle_grads, strict=True):
+        torch.testing.assert_close(got, via_autograd, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(got.numpy(), oracle, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_half_precision_accumulates_in_float32(dtype, backend):
+    """Statistics of half-precision input are float32-accurate.
+
+    A large mean over a small spread is where reduced-precision accumulation
+    fails: ATen's float16 CPU kernel ("native") misses the mean of this input
+    by 3e-4 relative, which is why "auto" must not pick it for half input.
+    """
+    x = (torch.randn(4096, 2, dtype=torch.float64) + 100).to(dtype)
+    x64 = x.double()
+    m, v = torch.zeros(2), torch.ones(2)
+    out = batch_norm(x, m, v, training=True, momentum=1.0, backend=backend)
+    assert out.dtype == dtype
+    assert m.dtype == torch.float32
+    torch.testing.assert_close(m.double(), x64.mean(0), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(v.double(), x64.var(0), rtol=1e-5, atol=1e-8)
+    expected = (x64 - x64.mean(0)) / torch.sqrt(x64.var(0, correction=0) + 1e-5)
+    ulp = 2.0**-10 if dtype == torch.float16 else 2.0**-7
+    torch.testing.assert_close(out.double(), expected, rtol=ulp, atol=4 * ulp)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_finite_batch_leaves_running_statistics(backend):
+    x = torch.randn(8, 3)
+    x[2, 1] = float("inf")
+    mean, var = torch.zeros(3), torch.ones(3)
+    out = batch_norm(x, mean, var, training=True, backend=backend)
+    assert not torch.isfinite(out[:, 1]).all()  # the output follows the input
+    assert torch.isfinite(out[:, 0]).all()
+    torch.testing.assert_close(mean, torch.zeros(3))
+    torch.testing.assert_close(var, torch.ones(3))
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: batch_norm(torch.randn(1, 3), None, None, training=True), ValueError,
+         "more than 1 value per channel"),
+        (lambda: batch_norm(torch.randn(1, 3, 1, 1), None, None, training=True), ValueError,
+         r"shape \(1, 3, 1, 1\)"),
+        (lambda: batch_norm(torch.randn(0, 3), None, None, training=True), ValueError,
+         "empty batch"),
+        (lambda: batch_norm(torch.randn(5), None, None, training=True), ValueError,
+         "at least 2 dimensions"),
+        (lambda: batch_norm(torch.ones(4, 3, dtype=torch.long), None, None, training=True),
+         TypeError, "floating-point"),
+        (lambda: batch_norm(torch.randn(4, 3), torch.zeros(2), torch.ones(2)), ValueError,
+         r"running_mean has shape \(2,\)"),
+        (lambda: batch_norm(torch.randn(4, 3), None, None), ValueError,
+         "required when not training"),
+        (lambda: batch_norm(torch.randn(4, 3), None, None, training=True, eps=0.0), ValueError,
+         "eps must be positive"),
+        (lambda: batch_norm(torch.randn(4, 3), None, None, training=True, backend="nope"),
+         ValueError, "unknown batch-norm backend 'nope'"),
+    ],
+)
+def test_bad_input_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_eval_on_empty_batch_returns_empty():
+    out = batch_norm(torch.randn(0, 3), torch.zeros(3), torch.ones(3))
+    assert out.shape == (0, 3)
+
+
+def test_backends_are_listed():
+    assert {"reference", "native"} <= set(bnf.available_backends())
+    assert set(bnf.available_backends(torch.randn(2, 2))) >= {"reference", "native"}

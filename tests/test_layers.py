@@ -1,0 +1,234 @@
+"""The layers are drop-ins for torch.nn.BatchNorm1d/2d/3d."""
+
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+import batchnorm
+from _shapes import bn_shapes
+from batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+
+OURS = {2: BatchNorm1d, 3: BatchNorm1d, 4: BatchNorm2d, 5: BatchNorm3d}
+TORCH = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
+TOL = {torch.float64: dict(rtol=1e-9, atol=1e-9), torch.float32: dict(rtol=1e-5, atol=1e-5)}
+
+
+def _pair(rank, channels, dtype, backend="auto", **kwargs):
+    ours = OURS[rank](channels, backend=backend, dtype=dtype, **kwargs)
+    theirs = TORCH[rank](channels, dtype=dtype, **kwargs)
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def _step(layer, x):
+    x = x.detach().clone().requires_grad_()
+    out = layer(x)
+    grad_out = torch.cos(torch.arange(out.numel(), dtype=out.dtype)).reshape(out.shape)
+    out.backward(grad_out)
+    return out, x.grad
+
+
+@pytest.mark.parametrize("backend", ["reference", "native", "auto"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@given(
+    shape=bn_shapes(),
+    momentum=st.sampled_from([0.1, 0.5, None]),
+    affine=st.booleans(),
+    track=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_torch_layers(backend, dtype, shape, momentum, affine, track, seed):
+    torch.manual_seed(seed)
+    ours, theirs = _pair(
+        len(shape), shape[1], dtype, backend,
+        momentum=momentum, affine=affine, track_running_stats=track,
+    )
+    if affine:
+        with torch.no_grad():
+            ours.weight.uniform_(0.5, 2)
+            ours.bias.normal_()
+        theirs.load_state_dict(ours.state_dict())
+    for step in range(4):
+        x = torch.randn(shape, dtype=dtype) * (step + 1) + step
+        out, grad = _step(ours, x)
+        want, want_grad = _step(theirs, x)
+        torch.testing.assert_close(out, want, **TOL[dtype])
+        torch.testing.assert_close(grad, want_grad, **TOL[dtype])
+    if affine:
+        torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, **TOL[dtype])
+        torch.testing.assert_close(ours.bias.grad, theirs.bias.grad, **TOL[dtype])
+    for name, buffer in theirs.named_buffers():
+        torch.testing.assert_close(dict(ours.named_buffers())[name], buffer, **TOL[dtype])
+    ours.eval()
+    theirs.eval()
+    x = torch.randn(shape, dtype=dtype)
+    torch.testing.assert_close(ours(x), theirs(x), **TOL[dtype])
+
+
+def test_channels_last_and_isinstance():
+    ours, theirs = _pair(4, 8, torch.float32)
+    x = torch.randn(4, 8, 5, 5).to(memory_format=torch.channels_last)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+    assert isinstance(ours, nn.BatchNorm2d)
+    assert isinstance(ours, nn.modules.batchnorm._BatchNorm)
+
+
+@pytest.mark.parametrize("rank", [2, 4, 5])
+def test_state_dict_round_trip_with_torch(rank):
+    ours, theirs = _pair(rank, 6, torch.float32)
+    shape = (4, 6) + (3,) * (rank - 2)
+    for _ in range(3):
+        ours(torch.randn(shape) * 2 + 1)
+    theirs.load_state_dict(ours.state_dict(), strict=True)  # ours -> torch
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    back = OURS[rank](6)
+    theirs(torch.randn(shape))  # torch moves on
+    back.load_state_dict(theirs.state_dict(), strict=True)  # torch -> ours
+    for name, value in theirs.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[name], value)
+    # and through a file, as users save them
+    buffer = io.BytesIO()
+    torch.save(back.state_dict(), buffer)
+    buffer.seek(0)
+    theirs.load_state_dict(torch.load(buffer, weights_only=True))
+
+
+def test_population_layer_state_and_torch_interop():
+    layer = BatchNorm1d(3, estimator="population")
+    batches = [torch.randn(n, 3) * 2 + 1 for n in (5, 9, 2)]
+    for batch in batches:
+        layer(batch)
+    state = layer.state_dict()
+    assert int(state["population_batches"]) == 3
+    assert int(state["population_samples"]) == 16
+    # torch ignores the two extra counters only when told to
+    torch_layer = nn.BatchNorm1d(3)
+    result = torch_layer.load_state_dict(state, strict=False)
+    assert set(result.unexpected_keys) == {"population_batches", "population_samples"}
+    torch.testing.assert_close(torch_layer.running_var, layer.running_var)
+    # a torch state dict loads strictly into a population layer: statistics of unknown origin
+    fresh = BatchNorm1d(3, estimator="population")
+    fresh.load_state_dict(torch_layer.state_dict(), strict=True)
+    assert int(fresh.population_batches) == 0
+    torch.testing.assert_close(fresh.running_mean, layer.running_mean)
+
+
+def test_deepcopy_and_repr():
+    layer = BatchNorm2d(4, estimator="population", backend="reference")
+    clone = copy.deepcopy(layer)
+    assert clone.estimator == "population" and clone.backend == "reference"
+    assert "estimator='population'" in repr(layer) and "backend='reference'" in repr(layer)
+    assert repr(BatchNorm2d(4)) == repr(nn.BatchNorm2d(4))
+
+
+def test_one_value_per_channel_names_layer_and_shape():
+    with pytest.raises(ValueError, match=r"BatchNorm1d\(3\).*\(1, 3\)"):
+        BatchNorm1d(3)(torch.randn(1, 3))
+    BatchNorm1d(3).eval()  # eval mode accepts a single example (after statistics exist)
+    layer = BatchNorm1d(3)
+    layer(torch.randn(4, 3))
+    layer.eval()
+    assert layer(torch.randn(1, 3)).shape == (1, 3)
+
+
+@pytest.mark.parametrize(
+    ("layer", "shape", "match"),
+    [
+        (BatchNorm2d(3), (4, 3, 5), r"BatchNorm2d\(3\): expected 4D input, got 3D"),
+        (BatchNorm1d(3), (4, 3, 5, 5), r"BatchNorm1d\(3\): expected 2D or 3D input"),
+        (BatchNorm2d(3), (4, 5, 2, 2), r"BatchNorm2d\(3\): expected 3 channels.*5 channels"),
+        (BatchNorm3d(2), (2, 2, 2, 2), r"BatchNorm3d\(2\): expected 5D input"),
+        (BatchNorm1d(3), (0, 3), r"BatchNorm1d\(3\): cannot compute batch statistics of an empty"),
+    ],
+)
+def test_bad_shapes(layer, shape, match):
+    with pytest.raises(ValueError, match=match):
+        layer(torch.randn(shape))
+
+
+def test_empty_batch_in_eval_mode_is_fine():
+    layer = BatchNorm1d(3)
+    layer(torch.randn(4, 3))
+    layer.eval()
+    assert layer(torch.randn(0, 3)).shape == (0, 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(num_features=0), ValueError, "num_features must be positive"),
+        (dict(num_features=2.0), TypeError, "num_features must be an int"),
+        (dict(num_features=2, eps=0), ValueError, "eps must be positive"),
+        (dict(num_features=2, momentum=1.5), ValueError, "momentum must be in"),
+        (dict(num_features=2, estimator="median"), ValueError, "estimator must be one of"),
+        (dict(num_features=2, estimator="ema", momentum=None), ValueError, "needs a momentum"),
+        (dict(num_features=2, backend="cuda-magic"), ValueError, "unknown backend"),
+    ],
+)
+def test_constructor_validation(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        BatchNorm2d(**kwargs)
+
+
+def test_non_finite_batch_is_skipped_and_counted():
+    layer = BatchNorm1d(2)
+    layer(torch.randn(8, 2))
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    bad = torch.randn(8, 2)
+    bad[3, 0] = float("nan")
+    out = layer(bad)
+    assert torch.isnan(out[:, 0]).all() and torch.isfinite(out[:, 1]).all()
+    torch.testing.assert_close(layer.running_mean, before["running_mean"])
+    torch.testing.assert_close(layer.running_var, before["running_var"])
+    assert int(layer.skipped_updates) == 1
+    assert int(layer.num_batches_tracked) == 2  # torch counts every training call
+    assert "skipped_updates" not in layer.state_dict()  # keeps torch's keys
+
+
+def test_eval_before_statistics_warns_or_raises():
+    layer = BatchNorm2d(3).eval()
+    with pytest.warns(UserWarning, match=r"BatchNorm2d\(3\) is in eval mode but has tracked no"):
+        layer(torch.randn(2, 3, 4, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(torch.randn(2, 3, 4, 4))  # warned once per layer
+    population = BatchNorm2d(3, estimator="population").eval()
+    with pytest.raises(RuntimeError, match="recompute_statistics"):
+        population(torch.randn(2, 3, 4, 4))
+    # without running statistics eval mode uses batch statistics, as in torch
+    BatchNorm2d(3, track_running_stats=False).eval()(torch.randn(2, 3, 4, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_input_keeps_float32_statistics(dtype):
+    layer = BatchNorm2d(4)
+    x = (torch.randn(8, 4, 6, 6) * 0.5 + 50).to(dtype)
+    out = layer(x)
+    assert out.dtype == dtype and layer.running_mean.dtype == torch.float32
+    x64 = x.double()
+    expected_mean = 0.9 * 0 + 0.1 * x64.mean(dim=(0, 2, 3))
+    torch.testing.assert_close(layer.running_mean.double(), expected_mean, rtol=1e-6, atol=1e-6)
+
+
+def test_momentum_none_is_cumulative_average():
+    layer = BatchNorm1d(3, momentum=None)
+    batches = [torch.randn(6, 3) * (i + 1) for i in range(5)]
+    for batch in batches:
+        layer(batch)
+    means = torch.stack([b.mean(0) for b in batches])
+    variances = torch.stack([b.var(0) for b in batches])
+    torch.testing.assert_close(layer.running_mean, means.mean(0))
+    torch.testing.assert_close(layer.running_var, variances.mean(0))
+
+
+def test_public_api():
+    assert set(batchnorm.__all__) >= {
+        "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "batch_norm",
+        "batchnormalize", "fold", "recompute_statistics",
+    }

@@ -1,0 +1,86 @@
+"""Running-statistics estimators against their formulas and the NumPy oracle."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from batchnorm import BatchNorm1d, BatchNorm2d, reference
+from batchnorm.statistics import pool_population, update_moving_average
+
+
+@given(
+    sizes=st.lists(st.integers(2, 9), min_size=1, max_size=6),
+    seed=st.integers(0, 2**16),
+)
+def test_population_is_exact_over_unequal_batches(sizes, seed):
+    torch.manual_seed(seed)
+    batches = [torch.randn(n, 3, 2, 2, dtype=torch.float64) * 3 + 2 for n in sizes]
+    layer = BatchNorm2d(3, estimator="population", dtype=torch.float64)
+    for batch in batches:
+        layer(batch)
+    mean, var = reference.population_statistics([b.numpy() for b in batches])
+    np.testing.assert_allclose(layer.running_mean.numpy(), mean, rtol=1e-12)
+    np.testing.assert_allclose(layer.running_var.numpy(), var, rtol=1e-12)
+    assert int(layer.population_batches) == len(sizes)
+    assert int(layer.population_samples) == 4 * sum(sizes)
+
+
+def test_population_equals_paper_formula_for_equal_batches():
+    """Algorithm 2 step 3: E = mean of means, Var = m/(m-1) * mean of variances."""
+    batches = [torch.randn(7, 4, dtype=torch.float64) + i for i in range(5)]
+    layer = BatchNorm1d(4, estimator="population", dtype=torch.float64)
+    for batch in batches:
+        layer(batch)
+    means = torch.stack([b.mean(0) for b in batches])
+    variances = torch.stack([b.var(0, correction=0) for b in batches])
+    torch.testing.assert_close(layer.running_mean, means.mean(0))
+    torch.testing.assert_close(layer.running_var, 7 / 6 * variances.mean(0))
+
+
+def test_float32_population_of_many_batches_loses_nothing():
+    layer = BatchNorm1d(2, estimator="population")
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randn(64, 2, generator=generator) * 0.1 + 1000 for _ in range(500)]
+    for batch in batches:
+        layer(batch)
+    mean, var = reference.population_statistics([b.double().numpy() for b in batches])
+    # float32 buffers round once per batch: a random walk of a few ulps over 500 batches
+    np.testing.assert_allclose(layer.running_mean.double().numpy(), mean, rtol=1e-6)
+    np.testing.assert_allclose(layer.running_var.double().numpy(), var, rtol=1e-4)
+
+
+def test_ema_formula():
+    mean, var = torch.full((2,), 1.0), torch.full((2,), 2.0)
+    batch_mean, batch_var = torch.tensor([3.0, -1.0]), torch.tensor([0.5, 4.0])
+    applied = update_moving_average(mean, var, batch_mean, batch_var, count=5, momentum=0.25)
+    assert bool(applied)
+    torch.testing.assert_close(mean, 0.75 * 1.0 + 0.25 * batch_mean)
+    torch.testing.assert_close(var, 0.75 * 2.0 + 0.25 * batch_var * 5 / 4)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_batches_change_nothing(bad):
+    mean, var = torch.zeros(2), torch.ones(2)
+    applied = update_moving_average(mean, var, torch.tensor([bad, 0.0]), torch.ones(2), 4, 0.1)
+    assert not bool(applied)
+    torch.testing.assert_close(mean, torch.zeros(2))
+    pooled_mean, pooled_var, applied = pool_population(
+        torch.ones(2), torch.ones(2), torch.tensor(1), torch.tensor(4),
+        torch.zeros(2), torch.tensor([1.0, bad]), 4,
+    )
+    assert not bool(applied)
+    torch.testing.assert_close(pooled_mean, torch.ones(2))
+    torch.testing.assert_close(pooled_var, torch.ones(2))
+
+
+def test_population_layer_skips_non_finite_batch():
+    layer = BatchNorm1d(2, estimator="population")
+    layer(torch.randn(4, 2))
+    snapshot = layer.running_var.clone()
+    bad = torch.randn(4, 2)
+    bad[0, 1] = float("inf")
+    layer(bad)
+    torch.testing.assert_close(layer.running_var, snapshot)
+    assert int(layer.population_batches) == 1 and int(layer.skipped_updates) == 1
