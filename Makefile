@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)
@@ -28,7 +28,7 @@ reproduce: $(STAMP)
 	$(VENV)/bin/batchnorm reproduce figure1
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check
 
 bench: $(STAMP)
 	$(VENV)/bin/batchnorm bench
