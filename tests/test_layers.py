@@ -232,3 +232,14 @@ def test_public_api():
         "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "batch_norm",
         "batchnormalize", "fold", "recompute_statistics",
     }
+
+
+def test_overflowing_variance_is_skipped_on_every_path():
+    """Finite input whose variance overflows float32 must not reach the running stats."""
+    for backend in ("auto", "native", "reference"):
+        layer = BatchNorm1d(2, backend=backend)
+        x = torch.randn(8, 2)
+        x[0, 0] = 3e19  # finite, but its square is not
+        layer(x)
+        assert torch.isfinite(layer.running_var).all(), backend
+        assert int(layer.skipped_updates) == 1, backend

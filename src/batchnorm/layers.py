@@ -21,7 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from batchnorm.functional import BACKENDS, normalize, validate_input
+from batchnorm.functional import (
+    BACKENDS,
+    native_training_with_update,
+    normalize,
+    validate_input,
+)
 from batchnorm.statistics import ESTIMATORS, Estimator, update_running_statistics
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -123,6 +128,26 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         validate_input(input, self.num_features, use_batch_statistics, self._describe())
         if not use_batch_statistics and not self._has_statistics:
             self._check_statistics_tracked()
+        if (
+            self.training
+            and self.track_running_stats
+            and self.estimator != "population"
+            and self.backend in ("auto", "native")
+        ):
+            self.num_batches_tracked.add_(1)
+            momentum = (
+                1.0 / float(self.num_batches_tracked)
+                if self.estimator == "cumulative"
+                else self.momentum
+            )
+            output = native_training_with_update(
+                input, self.running_mean, self.running_var, self.weight, self.bias, momentum,
+                self.eps,
+            )  # fmt: skip
+            if output is not None:
+                self._has_statistics = True
+                return output
+            self.num_batches_tracked.sub_(1)  # the general path below counts it
         output, batch_mean, batch_var = normalize(
             input,
             self.weight,
