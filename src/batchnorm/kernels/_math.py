@@ -1,0 +1,188 @@
+"""The BN equations written once, as traceable tensor code for TorchInductor.
+
+Every function here is pure (no in-place updates, no Python control flow that
+depends on tensor values), so :func:`torch.fx.experimental.proxy_tensor.make_fx`
+can trace it and Inductor can fuse it. The formulation is chosen for the number
+of passes over memory, the quantity BN is bound by:
+
+*Forward, training* (one read for the statistics, one read and one write for
+the output). With a per-channel shift ``s`` (the channel's first value)::
+
+    d = x - s,  S1 = sum(d),  S2 = sum(d^2)            # one pass, two sums
+    mu = s + S1/m,  var = max(S2/m - (S1/m)^2, 0)       # biased
+    y = act(x * a + b'),  a = gamma / sqrt(var + eps),  b' = beta - mu * a
+
+The shift keeps ``S2/m - (S1/m)^2`` free of the cancellation that ruins the
+textbook ``E[x^2] - E[x]^2`` when |mean| >> std, at the cost of nothing.
+
+*Backward* (one read of x and dy for two sums, one more read and a write for
+dx), with ``g = dy * act'(z)``::
+
+    Sg = sum(g),  Sgx = sum(g * (x - mu))
+    dgamma = Sgx * invstd,  dbeta = Sg
+    dx = gamma * invstd * (g - Sg/m - (x - mu) * invstd^2 * Sgx/m)
+
+*Layout.* Channels-first input (NCHW, NCL, (N, C)) is viewed as (N, C, S) and
+reduced over N and S per channel; channels-last input as (N, S, C) and reduced
+in two stages (over S per sample, then over N) so that both CPU threads get
+work even when C is small.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+ACTIVATIONS = ("identity", "relu", "sigmoid")
+
+
+def is_channels_last(x: Tensor) -> bool:
+    """True if the channel dimension is the innermost one in memory (NHWC-like)."""
+    if x.dim() < 3 or x.shape[1] == 1:
+        return False
+    return x.stride(1) == 1 and x.permute(0, *range(2, x.dim()), 1).is_contiguous()
+
+
+def _view3(x: Tensor, channels_last: bool) -> Tensor:
+    """(N, C, S) for channels-first input, (N, S, C) for channels-last input."""
+    n, c = x.shape[0], x.shape[1]
+    if channels_last:
+        return x.permute(0, *range(2, x.dim()), 1).reshape(n, -1, c)
+    return x.reshape(n, c, -1)
+
+
+def _unview3(y3: Tensor, like: Tensor, channels_last: bool) -> Tensor:
+    if channels_last:
+        shape = [like.shape[0], *like.shape[2:], like.shape[1]]
+        return y3.reshape(shape).permute(0, like.dim() - 1, *range(1, like.dim() - 1))
+    return y3.reshape(like.shape)
+
+
+def _channel_sum(t3: Tensor, channels_last: bool) -> Tensor:
+    """Per-channel sum of a (N, C, S) or (N, S, C) tensor."""
+    if channels_last:
+        return t3.sum(1).sum(0)  # per-sample partial sums first: parallel over N
+    return t3.sum((0, 2))
+
+
+def _bcast(v: Tensor, channels_last: bool) -> Tensor:
+    return v if channels_last else v.view(-1, 1)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _activate(z: Tensor, activation: str) -> Tensor:
+    if activation == "relu":
+        return torch.relu(z)
+    if activation == "sigmoid":
+        return torch.sigmoid(z)
+    return z
+
+
+def _activation_grad(g: Tensor, z: Tensor | None, y: Tensor | None, activation: str) -> Tensor:
+    """dL/dz from dL/dy, from the pre-activation ``z`` or, if None, the output ``y``."""
+    if activation == "relu":
+        return torch.where((z if z is not None else y) > 0, g, torch.zeros_like(g))
+    if activation == "sigmoid":
+        s = torch.sigmoid(z) if z is not None else y
+        return g * s * (1 - s)
+    return g
+
+
+def forward_train(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    residual: Tensor | None,
+    eps: float,
+    activation: str = "identity",
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Training forward: returns (y, batch_mean, batch_var (biased), invstd)."""
+    cl = is_channels_last(x)
+    ct = _compute_dtype(x.dtype)
+    x3 = _view3(x, cl).to(ct)
+    m = x.numel() // x.shape[1]
+    shift = x3[0, 0] if cl else x3[0, :, 0]
+    d = x3 - _bcast(shift, cl)
+    mean_d = _channel_sum(d, cl) / m
+    var = (_channel_sum(d * d, cl) / m - mean_d * mean_d).clamp_min(0.0)
+    mean = mean_d + shift
+    invstd = torch.rsqrt(var + eps)
+    scale = invstd * weight.to(ct)
+    shift_out = bias.to(ct) - mean * scale
+    z = x3 * _bcast(scale, cl) + _bcast(shift_out, cl)
+    if residual is not None:
+        z = z + _view3(residual, cl).to(ct)
+    y = _unview3(_activate(z, activation).to(x.dtype), x, cl)
+    return y, mean, var, invstd
+
+
+def backward_train(
+    grad: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    mean: Tensor,
+    invstd: Tensor,
+    output: Tensor | None,
+    activation: str = "identity",
+    want_dz: bool = False,
+) -> tuple[Tensor, ...]:
+    """Training backward: returns (dx, dgamma, dbeta) and, if ``want_dz``, dz.
+
+    ``dz = grad * act'(z)`` is the gradient at the pre-activation, i.e. that of
+    a fused residual. ``output`` is the saved forward output, needed only when
+    the activation cannot be recomputed from ``x`` (with a residual).
+    """
+    cl = is_channels_last(x)
+    ct = _compute_dtype(x.dtype)
+    x3 = _view3(x, cl).to(ct)
+    g = _view3(grad, cl).to(ct)
+    m = x.numel() // x.shape[1]
+    w = weight.to(ct)
+    if activation != "identity":
+        if output is None:
+            scale = invstd * w
+            z = x3 * _bcast(scale, cl) + _bcast(bias.to(ct) - mean * scale, cl)
+            g = _activation_grad(g, z, None, activation)
+        else:
+            g = _activation_grad(g, None, _view3(output, cl).to(ct), activation)
+    xmu = x3 - _bcast(mean, cl)
+    sum_g = _channel_sum(g, cl)
+    sum_gx = _channel_sum(g * xmu, cl)
+    a = w * invstd
+    k = a * invstd * invstd * sum_gx / m
+    c = a * sum_g / m
+    dx = g * _bcast(a, cl) - xmu * _bcast(k, cl) - _bcast(c, cl)
+    grads = (
+        _unview3(dx.to(x.dtype), x, cl),
+        (sum_gx * invstd).to(weight.dtype),
+        sum_g.to(bias.dtype),
+    )
+    if want_dz:
+        return (*grads, _unview3(g.to(x.dtype), x, cl))
+    return grads
+
+
+def forward_eval(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    residual: Tensor | None,
+    eps: float,
+    activation: str = "identity",
+) -> Tensor:
+    """Algorithm 2 step 4: ``act(x * a + b' [+ r])`` with the running statistics."""
+    cl = is_channels_last(x)
+    ct = _compute_dtype(x.dtype)
+    x3 = _view3(x, cl).to(ct)
+    scale = torch.rsqrt(running_var.to(ct) + eps) * weight.to(ct)
+    shift = bias.to(ct) - running_mean.to(ct) * scale
+    z = x3 * _bcast(scale, cl) + _bcast(shift, cl)
+    if residual is not None:
+        z = z + _view3(residual, cl).to(ct)
+    return _unview3(_activate(z, activation).to(x.dtype), x, cl)

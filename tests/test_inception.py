@@ -1,0 +1,317 @@
+"""The Inception experiment (Figures 2-3): model, recipe flags, ensemble, resume, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from batchnorm.experiments import _inception_train as train_module
+from batchnorm.experiments._inception_data import batch_order, distort, synthetic_splits
+from batchnorm.experiments._inception_recipe import (
+    ABLATIONS,
+    BASE_LR,
+    DISTORTIONS,
+    Preset,
+    Recipe,
+    ablation_recipes,
+    ensemble_recipe,
+    variant_recipe,
+)
+from batchnorm.experiments._inception_report import average_probabilities, steps_to_reach
+from batchnorm.experiments._inception_train import (
+    RunSpec,
+    build_model,
+    build_optimizer,
+    evaluation_steps,
+    learning_rate,
+    train_run,
+)
+from batchnorm.layers import BatchNorm1d, BatchNorm2d
+from batchnorm.models.inception import InceptionConfig, SmallInception, count_parameters
+
+TINY = Preset(width=0.25, steps=8, evaluations=4, eval_size=64, ensemble_members=0,
+              train_limit=512, final_eval_limit=128)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Two intra-op threads on a loaded 2-core machine run these tiny steps many times slower.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tiny_splits():
+    return synthetic_splits(train=512, val=128, test=128)
+
+
+# --- model ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_model_shapes_depth_and_parameter_counts(batch_norm):
+    model = SmallInception(InceptionConfig(batch_norm=batch_norm))
+    assert model(torch.randn(4, 1, 28, 28)).shape == (4, 10)
+    assert model.depth == 14  # stem + 4 modules x 3 (double 3x3 path) + classifier
+    assert model.feature_channels == 136
+    # Pinned so that an architecture change is a conscious one (the report quotes them).
+    assert count_parameters(model) == (81474 if batch_norm else 80842)
+    assert count_parameters(SmallInception(InceptionConfig(batch_norm=True, width=0.5))) == 21086
+
+
+def test_bn_before_every_nonlinearity_and_no_conv_bias():
+    model = SmallInception(InceptionConfig(batch_norm=True))
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    bns = [m for m in model.modules() if isinstance(m, BatchNorm2d)]
+    assert len(convs) == len(bns) == 1 + 7 * 4
+    assert all(conv.bias is None for conv in convs)
+    plain = SmallInception(InceptionConfig(batch_norm=False))
+    assert not any(isinstance(m, BatchNorm2d) for m in plain.modules())
+    assert all(m.bias is not None for m in plain.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_double_3x3_replaces_5x5():
+    model = SmallInception(InceptionConfig())
+    sizes = {m.kernel_size for m in model.modules() if isinstance(m, nn.Conv2d)}
+    assert sizes == {(1, 1), (3, 3)}
+
+
+def test_model_options():
+    model = SmallInception(InceptionConfig(activation="sigmoid", lrn=True, dropout=0.3,
+                                           head_bn1d=True, batch_norm=True))
+    assert any(isinstance(m, nn.Sigmoid) for m in model.modules())
+    assert not any(isinstance(m, nn.ReLU) for m in model.modules())
+    assert any(isinstance(m, nn.LocalResponseNorm) for m in model.modules())
+    assert model.dropout.p == 0.3
+    assert isinstance(model.head_bn, BatchNorm1d)
+    with pytest.raises(ValueError):
+        InceptionConfig(activation="tanh")
+
+
+def test_init_scale_multiplies_conv_weights():
+    torch.manual_seed(0)
+    a = SmallInception(InceptionConfig())
+    torch.manual_seed(0)
+    b = SmallInception(InceptionConfig(init_scale=1.5))
+    assert torch.allclose(b.stem[0][0].weight, 1.5 * a.stem[0][0].weight)
+
+
+# --- recipe flags ----------------------------------------------------------------------------
+
+
+def test_shard_shuffling_keeps_batches_inside_fixed_shards():
+    batches = batch_order(1000, 10, epoch=0, seed=0, shuffle="shards", shard_size=100)
+    assert batches.shape == (100, 10)
+    shard_of = batches // 100
+    assert (shard_of == shard_of[:, :1]).all()  # a batch never mixes shards
+    visited = shard_of[::10, 0].tolist()  # 10 batches per shard, shards visited in order
+    assert sorted(visited) == list(range(10)) and visited != list(range(10))
+    assert not torch.equal(batches, batch_order(1000, 10, 1, 0, "shards", 100))  # per epoch
+    assert torch.equal(batches, batch_order(1000, 10, 0, 0, "shards", 100))  # deterministic
+
+
+def test_full_shuffling_mixes_the_whole_set():
+    batches = batch_order(1000, 10, epoch=0, seed=0, shuffle="full", shard_size=100)
+    assert sorted(batches.flatten().tolist()) == list(range(1000))
+    assert ((batches // 100) != (batches // 100)[:, :1]).any(dim=1).float().mean() > 0.9
+    with pytest.raises(ValueError):
+        batch_order(1000, 10, 0, 0, "nope", 100)
+
+
+def test_decay_schedule_values():
+    recipe = Recipe(lr=0.1)
+    assert learning_rate(recipe, 0, 1000) == pytest.approx(0.1)
+    assert learning_rate(recipe, 1000, 1000) == pytest.approx(0.1 * 0.5 ** (1 / 3))
+    faster = recipe.replace(lr_decay_speed=6.0)
+    assert learning_rate(faster, 1000, 1000) == pytest.approx(0.025)
+    assert learning_rate(faster, 500, 1000) == pytest.approx(0.05)
+
+
+def test_distortion_strengths():
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(64, 1, 28, 28) * 0.5 + 0.25
+    assert torch.equal(distort(images, DISTORTIONS["none"], generator), images)
+    change = {}
+    for name in ("light", "strong"):
+        out = distort(images, DISTORTIONS[name], torch.Generator().manual_seed(1))
+        assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
+        change[name] = (out - images).abs().mean().item()
+    assert 0 < change["light"] < change["strong"]
+
+
+def test_shift_moves_whole_pixels_within_bound():
+    image = torch.zeros(1, 1, 28, 28)
+    image[0, 0, 14, 14] = 1.0
+    shift_only = DISTORTIONS["strong"].__class__(brightness=0.0, contrast=0.0, shift=2)
+    for seed in range(10):
+        out = distort(image.repeat(8, 1, 1, 1), shift_only, torch.Generator().manual_seed(seed))
+        for item in out:
+            row, col = divmod(int(item.flatten().argmax()), 28)
+            assert abs(row - 14) <= 2 and abs(col - 14) <= 2 and item.sum() == 1
+
+
+def test_lrn_dropout_and_weight_decay_reach_the_model_and_optimizer():
+    recipe = Recipe(lrn=True, dropout=0.25, weight_decay=3e-4, batch_norm=True)
+    model = build_model(recipe, TINY)
+    assert any(isinstance(m, nn.LocalResponseNorm) for m in model.modules())
+    assert model.dropout.p == 0.25
+    no_lrn = build_model(recipe.replace(lrn=False), TINY)
+    assert not any(isinstance(m, nn.LocalResponseNorm) for m in no_lrn.modules())
+    optimizer = build_optimizer(model, recipe)
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 3e-4 and no_decay["weight_decay"] == 0.0
+    conv_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Conv2d)}
+    bn_params = {id(p) for m in model.modules() if isinstance(m, BatchNorm2d)
+                 for p in m.parameters()}
+    assert conv_weights <= {id(p) for p in decay["params"]}
+    assert bn_params <= {id(p) for p in no_decay["params"]}
+    assert optimizer.defaults["momentum"] == 0.9
+
+
+def test_variants_follow_the_paper():
+    base = variant_recipe("inception")
+    assert base.lr == BASE_LR and not base.batch_norm
+    assert variant_recipe("bn-baseline") == base.replace(batch_norm=True)
+    x5, x30 = variant_recipe("bn-x5"), variant_recipe("bn-x30")
+    assert x5.lr == pytest.approx(5 * BASE_LR) and x30.lr == pytest.approx(30 * BASE_LR)
+    assert (x5.dropout, x5.lrn, x5.shuffle, x5.distortion) == (0.0, False, "full", "light")
+    assert x5.weight_decay == pytest.approx(base.weight_decay / 5)
+    assert x5.lr_decay_speed == 6 * base.lr_decay_speed
+    assert variant_recipe("bn-x5-sigmoid") == x5.replace(activation="sigmoid")
+    assert variant_recipe("inception-x5") == base.replace(lr=5 * BASE_LR)
+    assert variant_recipe("inception-sigmoid") == base.replace(activation="sigmoid")
+    member = ensemble_recipe()
+    assert member.head_bn1d and 0 < member.dropout < base.dropout and member.lr == x30.lr
+    with pytest.raises(ValueError):
+        variant_recipe("nope")
+
+
+def test_each_ablation_undoes_exactly_one_change():
+    recipes = ablation_recipes()
+    reference = recipes.pop("bn-x5")
+    assert len(recipes) == len(ABLATIONS) == 7
+    for recipe in recipes.values():
+        changed = [k for k, v in recipe.to_dict().items() if v != reference.to_dict()[k]]
+        assert len(changed) == 1
+    assert recipes["undo-lr-x5"].lr == BASE_LR
+
+
+def test_evaluation_steps_at_least_fifty():
+    steps = evaluation_steps(2000, 50)
+    assert len(steps) == 50 and steps[-1] == 2000
+    assert evaluation_steps(10, 50) == list(range(1, 11))
+
+
+def test_cli_overrides_every_recipe_flag():
+    from batchnorm.experiments import inception
+
+    parser = argparse.ArgumentParser()
+    inception.add_arguments(parser)
+    args = parser.parse_args([
+        "--preset", "quick", "--dropout", "0.1", "--weight-decay", "1e-3", "--lr", "0.5",
+        "--lr-decay-speed", "2", "--lrn", "off", "--shuffle", "full", "--distortion", "none",
+        "--variants", "inception", "bn-x5", "--seeds", "2", "--ensemble-members", "1",
+    ])
+    specs = inception.plan_runs(args)
+    assert [s.name for s in specs] == ["inception", "inception@s1", "bn-x5", "bn-x5@s1",
+                                       "ensemble-0"]
+    for spec in specs:
+        r = spec.recipe
+        assert (r.dropout, r.weight_decay, r.lr, r.lr_decay_speed, r.lrn, r.shuffle,
+                r.distortion) == (0.1, 1e-3, 0.5, 2, False, "full", "none")
+    ablation = inception.plan_runs(parser.parse_args(["--ablation"]))
+    assert len(ablation) == 8
+    sweep = inception.plan_runs(parser.parse_args(["--sweep-lr", "0.01,0.02"]))
+    assert [s.recipe.lr for s in sweep] == [0.01, 0.02]
+
+
+# --- ensemble and report ---------------------------------------------------------------------
+
+
+def test_ensemble_averages_probabilities_not_logits():
+    a = torch.tensor([[0.90, 0.08, 0.02], [0.2, 0.7, 0.1]])
+    b = torch.tensor([[0.01, 0.60, 0.39], [0.1, 0.8, 0.1]])
+    mean = average_probabilities([a, b])
+    assert torch.allclose(mean, torch.tensor([[0.455, 0.34, 0.205], [0.15, 0.75, 0.1]]))
+    assert mean.argmax(1).tolist() == [0, 1]
+    # Averaging log-probabilities (logits) would pick class 1 for the first example.
+    assert ((a.log() + b.log()) / 2).argmax(1).tolist() == [1, 1]
+
+
+def test_steps_to_reach():
+    history = [{"step": 10, "val_accuracy": 0.5}, {"step": 20, "val_accuracy": float("nan")},
+               {"step": 30, "val_accuracy": 0.8}]
+    assert steps_to_reach(history, 0.7) == 30
+    assert steps_to_reach(history, 0.9) is None
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+def test_divergence_is_detected_and_recorded(tiny_splits, tmp_path):
+    spec = RunSpec("blowup", Recipe(lr=1e6, lrn=False), TINY)
+    result = train_run(spec, tiny_splits, tmp_path, progress=False)
+    assert result["diverged"] and result["diverged_at_step"] <= TINY.steps
+    assert json.loads((tmp_path / "results" / "blowup.json").read_text())["diverged"]
+
+
+def test_resume_continues_exactly(tiny_splits, tmp_path, monkeypatch):
+    spec = RunSpec("r", Recipe(batch_norm=True, dropout=0.2), TINY)
+    straight = train_run(spec, tiny_splits, tmp_path / "a", progress=False)
+
+    real_save, calls = train_module.save_checkpoint, []
+
+    def interrupting_save(path, state):
+        real_save(path, state)
+        calls.append(path)
+        if len(calls) == 2:  # killed right after the second checkpoint
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_checkpoint", interrupting_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(spec, tiny_splits, tmp_path / "b", progress=False)
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    resumed = train_run(spec, tiny_splits, tmp_path / "b", resume=True, progress=False)
+    assert [h["val_accuracy"] for h in resumed["history"]] == [
+        h["val_accuracy"] for h in straight["history"]]
+    assert [h["train_loss"] for h in resumed["history"]] == pytest.approx(
+        [h["train_loss"] for h in straight["history"]], rel=1e-6)
+    assert resumed["test_accuracy"] == straight["test_accuracy"]
+    # A finished run is not trained again.
+    again = train_run(spec, tiny_splits, tmp_path / "b", resume=True, progress=False)
+    assert again["history"] == resumed["history"]
+
+
+@pytest.mark.slow
+def test_quick_preset_end_to_end(tmp_path):
+    from batchnorm.cli import main
+
+    try:  # the real data where it is available offline, else the synthetic stand-in
+        from batchnorm.data import load_dataset
+
+        load_dataset("fashion-mnist", download=False, progress=False)
+        dataset = "fashion-mnist"
+    except Exception:
+        dataset = "synthetic"
+    out = tmp_path / "run"
+    assert main(["reproduce", "inception", "--preset", "quick", "--dataset", dataset,
+                 "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["variants"]) == {"inception", "bn-baseline", "bn-x5", "bn-x30",
+                                        "bn-x5-sigmoid", "inception-x5", "inception-sigmoid"}
+    for row in summary["variants"].values():
+        assert isinstance(row["diverged"], bool)
+        assert row["max_accuracy"] is None or 0 <= row["max_accuracy"] <= 1
+    assert summary["variants"]["inception"]["steps_to_inception_max"] is not None
+    assert 0 <= summary["ensemble_accuracy"] <= 1
+    for name in ("figure2.png", "report.md", "config.json", "metrics.csv"):
+        assert (out / name).stat().st_size > 0
+    history = json.loads((out / "results" / "bn-x5.json").read_text())["history"]
+    assert len(history) >= 50 and all(math.isfinite(h["train_loss"]) for h in history)
