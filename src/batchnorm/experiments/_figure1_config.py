@@ -93,9 +93,10 @@ class Figure1Config:
 
 #: Why each default is what it is (the paper gives no value for any of these).
 CHOICES: dict[str, str] = {
-    "optimizer": "plain SGD (torch.optim.SGD, foreach), no momentum, no weight decay, constant "
-    "learning rate: the paper names none, and plain SGD is what it calls 'SGD'; "
-    "--momentum changes it",
+    "optimizer": "plain SGD, p <- p - lr * grad, no momentum, no weight decay, constant "
+    "learning rate: the paper names none, and plain SGD is what it calls 'SGD'; the update "
+    "of torch.optim.SGD (bit for bit, tested) in foreach kernels; --momentum adds torch's "
+    "momentum",
     "lr": "the same rate for both networks, the best for the baseline on a validation split "
     "(see lr_sweep); --lr",
     "init_std": "weights ~ N(0, 0.1^2), biases 0: 'small random Gaussian'; 0.1 puts a hidden "

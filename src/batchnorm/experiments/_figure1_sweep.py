@@ -51,7 +51,9 @@ def run_sweep(config: Figure1Config, args, dataset, device, started: float, *,
     validation = VALIDATION_SIZE if total > 2 * VALIDATION_SIZE else total // 6
     train_x, train_y, val_x, val_y = dataset.split(validation_size=validation)
     sizes = sizes_of(config, dataset)
-    seed = config.seed
+    seed = config.seed  # one seed: the rates differ, the weights and batches do not
+    # --lr and --seeds do not apply to the sweep; None keeps that visible in its records.
+    settings = {**config.to_dict(), "lr": None, "seeds": None}
     arms = [
         Arm(_name(lr), seed,
             make_models(seed_streams(seed)["init"], sizes=sizes, init_std=config.init_std,
@@ -77,7 +79,7 @@ def run_sweep(config: Figure1Config, args, dataset, device, started: float, *,
         momentum=config.momentum,
         unit=config.unit,
         checkpoint_path=checkpoint,
-        fingerprint={"mode": "lr_sweep", **config.to_dict(), "values": values,
+        fingerprint={"mode": "lr_sweep", **settings, "values": values,
                      "sizes": list(sizes), "validation_images": validation},
     )
     with _Progress(config.steps, enabled=not args.no_progress) as progress:
@@ -91,7 +93,7 @@ def run_sweep(config: Figure1Config, args, dataset, device, started: float, *,
         "evaluations",
         "train_images": int(train_x.shape[0]),
         "validation_images": validation,
-        "settings": config.to_dict(),
+        "settings": settings,
         "timing": {**job.timings, "session_wall_s": time.perf_counter() - started},
     })
     write_text(out / "lr_sweep.csv", metrics_csv(job.rows).replace("test_accuracy",
