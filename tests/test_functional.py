@@ -52,9 +52,10 @@ def _run(fn, x, weight, bias, running, training, steps, momentum):
 def test_matches_torch_functional(backend, dtype, shape, training, affine, track, seed):
     """Outputs, gradients and running statistics after 3 steps equal torch's.
 
-    bfloat16 is held to torch run in float64 on the same (rounded) input
-    instead: ATen's bfloat16 CPU kernel computes the variance in one pass,
-    which loses digits that ours keeps.
+    For bfloat16 the paper-equation backend is held to torch run in float64
+    on the same (rounded) input instead: ATen's bfloat16 CPU kernel computes
+    the variance in one pass, which loses digits that ours keeps ("native",
+    being that kernel, is held to it at bfloat16 tolerance).
     """
     torch.manual_seed(seed)
     if not training and not track:
@@ -76,7 +77,8 @@ def test_matches_torch_functional(backend, dtype, shape, training, affine, track
         return batch_norm(*args, backend=backend)
 
     out, grads, stats = _run(ours, x, weight, bias, running(stat_dtype), training, 3, 0.1)
-    if dtype == torch.bfloat16:
+    against_float64 = dtype == torch.bfloat16 and backend != "native"
+    if against_float64:
         x_want = x.double()
         w_want, b_want = (
             None if p is None else p.detach().double().requires_grad_() for p in (weight, bias)
@@ -101,10 +103,11 @@ def test_matches_torch_functional(backend, dtype, shape, training, affine, track
             scale = max(1.0, expected.double().abs().max().item())
             tol = dict(rtol=2e-2, atol=2e-2 * scale)
         torch.testing.assert_close(got.double(), expected.double(), **tol)
+    stat_tol = TOLERANCES[dtype if dtype == torch.bfloat16 and not against_float64 else stat_dtype]
     for got, expected in zip(stats, want_stats, strict=True):
         if expected is not None:
             assert got.dtype == stat_dtype
-            torch.testing.assert_close(got.double(), expected.double(), **TOLERANCES[stat_dtype])
+            torch.testing.assert_close(got.double(), expected.double(), **stat_tol)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
