@@ -46,7 +46,7 @@ def test_plain_backend_equals_layer_then_activation(activation, with_residual):
     torch.testing.assert_close(got, want)
     inputs = [x, layer.weight] + ([r] if r is not None else [])
     grads = torch.autograd.grad(got.sum(), inputs)
-    want_grads = torch.autograd.grad(want.sum(), [x, plain.weight] + inputs[2:])
+    want_grads = torch.autograd.grad(want.sum(), [x, plain.weight, *inputs[2:]])
     for g, w in zip(grads, want_grads, strict=True):
         torch.testing.assert_close(g, w)
     torch.testing.assert_close(layer.running_var, plain.running_var)

@@ -13,8 +13,9 @@ freed memory (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
 ``MALLOC_ARENA_MAX``), otherwise every large output is a fresh ``mmap`` and its
 page faults are timed too. It fixes the thread count, warms every candidate up
 (long enough for ``auto`` to switch and for kernels to compile), then times the
-candidates round-robin, one call each per round, so that a change in machine
-load hits all of them alike; it reports medians and the interquartile range.
+candidates round-robin, one call each per round in a shuffled order, so that a
+change in machine load hits all of them alike; it reports medians and the
+interquartile range.
 Forward+backward is ``torch.autograd.grad`` of the output with respect to x,
 gamma and beta (no gradient accumulation into ``.grad``).
 
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import time
@@ -79,6 +81,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backends", default=None, help="comma-separated backends (default: all available)"
     )
+    parser.add_argument("--cases", default=None, help="comma-separated case names (default: all)")
+    parser.add_argument(
+        "--modes", default=None, help=f"comma-separated modes among {', '.join(MODES)}"
+    )
     parser.add_argument(
         "--no-end-to-end", action="store_true", help="skip the MLP and convnet training steps"
     )
@@ -127,8 +133,14 @@ def time_round_robin(
             fn()
         sync()
     samples: dict[str, list[float]] = {name: [] for name in candidates}
+    order = list(candidates)
+    shuffle = random.Random(0).shuffle
     for _ in range(repeats):
-        for name, fn in candidates.items():
+        # A fresh order each round: what runs just before a candidate (cache contents,
+        # which freed block its output lands in) must not favour it every time.
+        shuffle(order)
+        for name in order:
+            fn = candidates[name]
             sync()
             start = time.perf_counter()
             fn()
@@ -229,13 +241,16 @@ def bench_kernels(args) -> list[dict[str, Any]]:
 
     dtype = getattr(torch, args.dtype)
     cases = QUICK_CASES if args.quick else CASES
+    if args.cases:
+        cases = [case for case in cases if case[0] in args.cases.split(",")]
+    modes = args.modes.split(",") if args.modes else MODES
     repeats = args.repeats or (5 if args.quick else 15)
     sync = _sync_for(args.device)
     rows: list[dict[str, Any]] = []
     for case, shape, layout in cases:
         x = _make_input(shape, layout, dtype, args.device)
         backends = _selected_backends(args, x)
-        for mode in MODES:
+        for mode in modes:
             floor_bytes = FLOOR_PASSES[mode] * x.numel() * x.element_size()
             candidates = _kernel_candidates(x, mode, backends)
             candidates["copy"] = _copy_candidate(floor_bytes, args.device)

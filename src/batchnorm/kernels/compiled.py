@@ -25,6 +25,7 @@ one fused ``x * a + b`` pass in eager mode and differentiable).
 from __future__ import annotations
 
 import functools
+import importlib.util
 import shutil
 import threading
 import warnings
@@ -33,6 +34,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from batchnorm.functional import Backend, register_backend
 from batchnorm.kernels import _math
@@ -144,6 +146,7 @@ class _CompiledTraining(torch.autograd.Function):
         return y, mean, var
 
     @staticmethod
+    @once_differentiable  # double backward: use the reference backend
     def backward(ctx, grad, _grad_mean, _grad_var):
         x, w, b, mean, invstd, y = ctx.saved_tensors
         activation = ctx.activation
@@ -228,18 +231,18 @@ def _traceable(input, weight, bias, running_mean, running_var, training, eps, ac
                               activation), None, None  # fmt: skip
 
 
-@functools.cache
+# Looked up once, at import: availability is asked on every call, also while an
+# outer torch.compile traces the call (where a file-system lookup would break the graph).
+_CPP_COMPILER = any(shutil.which(name) for name in ("g++", "c++", "clang++"))
+_TRITON = importlib.util.find_spec("triton") is not None
+
+
 def _has_cpp_compiler() -> bool:
-    return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
+    return _CPP_COMPILER
 
 
-@functools.cache
 def _has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _TRITON
 
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -280,6 +283,7 @@ class _HybridTraining(torch.autograd.Function):
         return y, mean, var
 
     @staticmethod
+    @once_differentiable  # double backward: use the reference backend
     def backward(ctx, grad, _grad_mean, _grad_var):
         x, weight, mean, invstd = ctx.saved_tensors
         needs = ctx.needs_input_grad

@@ -13,10 +13,12 @@ Available on CUDA tensors when Triton imports, and on CPU tensors only under
 
 from __future__ import annotations
 
-import functools
+import importlib.util
+import os
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from batchnorm.functional import Backend, register_backend
 
@@ -26,13 +28,11 @@ _ACT_CODES = {"identity": 0, "relu": 1, "sigmoid": 2}
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-@functools.cache
+_TRITON = importlib.util.find_spec("triton") is not None  # once: asked on every call
+
+
 def _triton_imports() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _TRITON
 
 
 def is_available(input: Tensor) -> bool:
@@ -41,9 +41,8 @@ def is_available(input: Tensor) -> bool:
         return False
     if input.device.type == "cuda":
         return True
-    from batchnorm.kernels.triton_kernels import interpreting
-
-    return input.device.type == "cpu" and interpreting()
+    # Read here rather than from triton_kernels, which would import triton (slow).
+    return input.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _view3(t: Tensor) -> Tensor:
@@ -151,6 +150,7 @@ class _TritonTraining(torch.autograd.Function):
         return y, mean, var
 
     @staticmethod
+    @once_differentiable  # double backward: use the reference backend
     def backward(ctx, grad, _grad_mean, _grad_var):
         from batchnorm.kernels.triton_kernels import jitted
 
