@@ -18,16 +18,18 @@ import torch
 from batchnorm import functional as bnf
 from batchnorm.fused import batch_norm_act
 
-SHAPES = [
-    ((16, 32, 28, 28), "nchw"),
-    ((16, 32, 28, 28), "nhwc"),
-    ((3, 5, 7, 9), "nchw"),  # odd sizes
-    ((2, 3, 1000, 33), "nchw"),  # few channels, large spatial: split reduction
-    ((512, 300), "nc"),
-    ((8, 24, 50), "strided"),  # every other sample of a batch
-    ((64, 256, 7, 7), "nhwc"),
-]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+# (shape, layout, dtypes): every dtype on three shapes, float32 on the rest, so that
+# the generated kernels (one compile per shape class) fit the time budget.
+SHAPES = [
+    ((16, 32, 28, 28), "nchw", DTYPES),
+    ((16, 32, 28, 28), "nhwc", DTYPES),
+    ((8, 24, 50), "strided", DTYPES),  # every other sample of a batch
+    ((3, 5, 7, 9), "nchw", DTYPES[:1]),  # odd sizes
+    ((2, 3, 1000, 33), "nchw", DTYPES[:1]),  # few channels, large spatial: split reduction
+    ((512, 300), "nc", DTYPES[:1]),
+    ((64, 256, 7, 7), "nhwc", DTYPES[:1]),
+]
 TOL = {torch.float64: 1e-9, torch.float32: 2e-4, torch.float16: 2e-2, torch.bfloat16: 8e-2}
 
 
@@ -41,8 +43,9 @@ def make(shape, layout, dtype):
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    got, want = got.detach().double(), want.detach().double()
     scale = max(1.0, float(want.abs().max()))
-    return float((got.double() - want.double()).abs().max()) / scale
+    return float((got - want).abs().max()) / scale
 
 
 def check_training(backend, x) -> float:
@@ -66,9 +69,11 @@ def check_training(backend, x) -> float:
 
 def check_eval(backend, x) -> float:
     c = x.shape[1]
-    rm = torch.randn(c, device="cuda")
-    rv = torch.rand(c, device="cuda") + 0.5
-    w, b = torch.randn(c, device="cuda"), torch.randn(c, device="cuda")
+    pdtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    rm = torch.randn(c, device="cuda", dtype=pdtype)
+    rv = torch.rand(c, device="cuda", dtype=pdtype) + 0.5
+    w = torch.randn(c, device="cuda", dtype=pdtype)
+    b = torch.randn(c, device="cuda", dtype=pdtype)
     with torch.no_grad():
         y, _, _ = bnf.normalize(x, w, b, rm, rv, False, 1e-5, backend)
     want = torch.nn.functional.batch_norm(
@@ -115,8 +120,8 @@ def main() -> int:
 
     for backend in [*backends, "auto"]:
         start = time.perf_counter()
-        for shape, layout in SHAPES:
-            for dtype in DTYPES:
+        for shape, layout, dtypes in SHAPES:
+            for dtype in dtypes:
                 x = make(shape, layout, dtype)
                 if backend != "auto" and not bnf.BACKENDS[backend].is_available(x):
                     continue
@@ -131,7 +136,7 @@ def main() -> int:
     for backend in ("compiled", "triton"):
         if backend not in backends:
             continue
-        for shape, layout in SHAPES[:2]:
+        for shape, layout, _ in SHAPES[:2]:
             x = make(shape, layout, torch.float32)
             for activation in ("relu", "sigmoid"):
                 for residual in (False, True):
