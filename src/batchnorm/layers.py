@@ -88,9 +88,10 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
             "skipped_updates", torch.zeros((), dtype=torch.long, device=device), persistent=False
         )
         self._has_statistics = False
+        self._name = f"{type(self).__name__}({num_features})"  # for error messages
 
     def _describe(self) -> str:
-        return f"{type(self).__name__}({self.num_features})"
+        return self._name
 
     def _check_input_dim(self, input: Tensor) -> None:
         if input.dim() not in self._accepted_ranks:
@@ -145,7 +146,8 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
                 self.eps,
             )  # fmt: skip
             if output is not None:
-                self._has_statistics = True
+                if not self._has_statistics:  # nn.Module.__setattr__ is slow: set it once
+                    self._has_statistics = True
                 return output
             self.num_batches_tracked.sub_(1)  # the general path below counts it
         output, batch_mean, batch_var = normalize(
@@ -164,7 +166,8 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
                 self, self.estimator, batch_mean, batch_var, input.numel() // input.shape[1]
             )
             self.skipped_updates.add_(skipped.to(self.skipped_updates.dtype))
-            self._has_statistics = True
+            if not self._has_statistics:
+                self._has_statistics = True
         return output
 
     def _load_from_state_dict(

@@ -5,6 +5,11 @@ metadata, does one table scan and one dictionary update (about a microsecond).
 
 The rule, first match wins (see ``benchmarks/README.md`` for the measurements):
 
+0. Training on float16/bfloat16 CPU input -> ``"reference"``: ATen's
+   reduced-precision CPU kernels compute the statistics with float32 error far
+   above float32 accuracy (3e-4 relative in the mean of a float16 test input;
+   ``tests/test_functional.py::test_half_precision_accumulates_in_float32``),
+   and correct beats fast.
 1. Under an outer ``torch.compile`` -> ``"native"`` (the outer compiler fuses it).
 2. Fewer than :data:`MIN_NUMEL` elements -> ``"native"``: such calls are bound by
    per-call overhead, where ATen's single kernel call wins.
@@ -40,6 +45,7 @@ class Rule(NamedTuple):
 
 
 _F32 = (torch.float32,)
+_HALF = (torch.float16, torch.bfloat16)
 
 #: Where a generated kernel measured faster than ATen (CPU, 2 threads, float32;
 #: training forward+backward time relative to ATen's, 0.5M to 12.8M elements).
@@ -91,6 +97,8 @@ def choose_backend(input: Tensor, training: bool) -> str:
 
     See the module docstring for the rule.
     """
+    if training and input.dtype in _HALF and input.device.type == "cpu":
+        return "reference"
     if input.numel() < MIN_NUMEL or torch.compiler.is_compiling():  # cheapest test first
         return "native"
     device = input.device.type
