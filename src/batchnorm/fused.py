@@ -31,7 +31,6 @@ from torch import Tensor
 
 from batchnorm.functional import resolve_backend, validate_input
 from batchnorm.layers import BatchNorm1d, BatchNorm2d
-from batchnorm.statistics import update_running_statistics
 
 __all__ = ["ACTIVATIONS", "BatchNormAct1d", "BatchNormAct2d", "batch_norm_act"]
 
@@ -143,13 +142,7 @@ class _BatchNormActMixin:
             residual,
             backend,
         )
-        if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            skipped = update_running_statistics(
-                self, self.estimator, batch_mean, batch_var, input.numel() // input.shape[1]
-            )
-            self.skipped_updates.add_(skipped.to(self.skipped_updates.dtype))
-            self._has_statistics = True
+        self._record_batch(input, batch_mean, batch_var)
         return output
 
     def extra_repr(self) -> str:

@@ -160,6 +160,11 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
             self.eps,
             self.backend,
         )
+        self._record_batch(input, batch_mean, batch_var)
+        return output
+
+    def _record_batch(self, input: Tensor, batch_mean: Tensor | None, batch_var: Tensor | None):
+        """After a forward: count the batch and update the running statistics (training only)."""
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
             skipped = update_running_statistics(
@@ -168,7 +173,6 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
             self.skipped_updates.add_(skipped.to(self.skipped_updates.dtype))
             if not self._has_statistics:
                 self._has_statistics = True
-        return output
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs

@@ -77,6 +77,17 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def materialize_affine(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """gamma and beta, as ones/zeros in the compute dtype when the layer is not affine."""
+    if weight is None:
+        weight = torch.ones(x.shape[1], dtype=_compute_dtype(x.dtype), device=x.device)
+    if bias is None:
+        bias = torch.zeros(x.shape[1], dtype=weight.dtype, device=x.device)
+    return weight, bias
+
+
 def _activate(z: Tensor, activation: str) -> Tensor:
     if activation == "relu":
         return torch.relu(z)

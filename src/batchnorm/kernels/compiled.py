@@ -117,21 +117,12 @@ def _run(name: str, fn: Callable[..., Any], static: tuple, inputs: list[Tensor])
     return kernel(*inputs)
 
 
-def _parameters(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> tuple[Tensor, Tensor]:
-    """gamma and beta, materialized as ones/zeros when the layer is not affine."""
-    if weight is None:
-        weight = torch.ones(x.shape[1], dtype=_math._compute_dtype(x.dtype), device=x.device)
-    if bias is None:
-        bias = torch.zeros(x.shape[1], dtype=weight.dtype, device=x.device)
-    return weight, bias
-
-
 class _CompiledTraining(torch.autograd.Function):
     """Training BN (+ activation, + residual) with compiled forward and backward."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, residual, eps: float, activation: str):
-        w, b = _parameters(x, weight, bias)
+        w, b = _math.materialize_affine(x, weight, bias)
         fwd = functools.partial(_forward_train_fn, eps=eps, activation=activation)
         inputs = [x, w, b] if residual is None else [x, w, b, residual]
         y, mean, var, invstd = _run("train_fwd", fwd, (eps, activation), inputs)
@@ -212,7 +203,7 @@ def compiled_batch_norm(
     if needs_grad:
         return _traceable(input, weight, bias, running_mean, running_var, False, eps,
                           activation, residual)  # fmt: skip
-    w, b = _parameters(input, weight, bias)
+    w, b = _math.materialize_affine(input, weight, bias)
     fwd = functools.partial(_forward_eval_fn, eps=eps, activation=activation)
     inputs = [input, w, b, running_mean, running_var]
     if residual is not None:
@@ -223,7 +214,7 @@ def compiled_batch_norm(
 def _traceable(input, weight, bias, running_mean, running_var, training, eps, activation,
                residual):  # fmt: skip
     """The same equations as plain differentiable tensor code (no generated kernel)."""
-    w, b = _parameters(input, weight, bias)
+    w, b = _math.materialize_affine(input, weight, bias)
     if training:
         y, mean, var, _ = _math.forward_train(input, w, b, residual, eps, activation)
         return y, mean.detach(), var.detach()
@@ -274,7 +265,7 @@ class _HybridTraining(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps: float):
-        w, b = _parameters(x, weight, bias)
+        w, b = _math.materialize_affine(x, weight, bias)
         fwd = functools.partial(_forward_train_fn, eps=eps, activation="identity")
         y, mean, var, invstd = _run("train_fwd", fwd, (eps, "identity"), [x, w, b])
         ctx.save_for_backward(x, weight, mean, invstd)

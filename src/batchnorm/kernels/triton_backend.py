@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from batchnorm.functional import Backend, register_backend
+from batchnorm.kernels import _math
 
 __all__ = ["is_available", "triton_batch_norm"]
 
@@ -125,19 +126,10 @@ def _apply(x: Tensor, scale: Tensor, shift: Tensor, residual: Tensor | None, act
     return y
 
 
-def _parameters(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> tuple[Tensor, Tensor]:
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
-    if weight is None:
-        weight = torch.ones(x.shape[1], dtype=acc, device=x.device)
-    if bias is None:
-        bias = torch.zeros(x.shape[1], dtype=weight.dtype, device=x.device)
-    return weight, bias
-
-
 class _TritonTraining(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, residual, eps: float, activation: str):
-        w, b = _parameters(x, weight, bias)
+        w, b = _math.materialize_affine(x, weight, bias)
         mean, var, invstd, scale, shift = _statistics(_view3(x), w, b, eps)
         y = _apply(x, scale, shift, residual, activation)
         from_y = residual is not None and activation != "identity"
@@ -211,14 +203,12 @@ def triton_batch_norm(
     if training:
         y, mean, var = _TritonTraining.apply(input, weight, bias, residual, eps, activation)
         return y, mean, var
-    w, b = _parameters(input, weight, bias)
+    w, b = _math.materialize_affine(input, weight, bias)
     acc = torch.float64 if input.dtype == torch.float64 else torch.float32
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (input, weight, bias, residual)
     )
     if needs_grad:  # evaluation with autograd: the plain differentiable equations
-        from batchnorm.kernels import _math
-
         y = _math.forward_eval(input, w, b, running_mean, running_var, residual, eps, activation)
         return y, None, None
     scale = torch.rsqrt(running_var.to(acc) + eps) * w.to(acc)
