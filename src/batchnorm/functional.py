@@ -245,24 +245,24 @@ def native_training_with_update(
     )
 
 
-_kernels_loaded = False
+_choose_backend: Callable[[Tensor, bool], str] | None = None
 
 
-def _load_kernels() -> None:
-    """Import :mod:`batchnorm.kernels` once so that its backends register themselves."""
-    global _kernels_loaded
-    if not _kernels_loaded:
-        _kernels_loaded = True
-        import batchnorm.kernels  # noqa: F401
+def _load_kernels() -> Callable[[Tensor, bool], str]:
+    """Import :mod:`batchnorm.kernels` once (its backends register themselves) and
+    keep its chooser, so that ``"auto"`` pays no import on every forward."""
+    global _choose_backend
+    if _choose_backend is None:
+        from batchnorm.kernels import choose_backend
+
+        _choose_backend = choose_backend
+    return _choose_backend
 
 
 def resolve_backend(name: str, input: Tensor, training: bool) -> Backend:
     """The backend called ``name`` (``"auto"`` chooses one for this call)."""
     if name == "auto":
-        _load_kernels()
-        from batchnorm.kernels import choose_backend
-
-        name = choose_backend(input, training)
+        name = (_choose_backend or _load_kernels())(input, training)
     backend = BACKENDS.get(name)
     if backend is None:
         _load_kernels()
