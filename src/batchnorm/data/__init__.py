@@ -12,8 +12,9 @@ SHA-256 of the official data before use; every failure is a :class:`DataError` t
 provide the data. See ``batchnorm data info`` and ``batchnorm data fetch``.
 """
 
+from ._dataset import Dataset
 from ._errors import DataError
-from ._load import Dataset, load_dataset
+from ._load import load_dataset
 from ._specs import DATASETS
 
 __all__ = ["DATASETS", "DataError", "Dataset", "load_dataset"]

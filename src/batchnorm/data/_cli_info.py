@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from . import _sources
-from ._load import dataset_locations
+from ._locations import cache_root, explicit_root
 from ._specs import DATASETS
+from ._status import dataset_locations, summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,18 +19,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    explicit = _sources.explicit_root(args.data_dir)
-    print(f"cache root: {_sources.cache_root()}")
+    explicit = explicit_root(args.data_dir)
+    print(f"cache root: {cache_root()}")
     print(f"explicit directory: {f'{explicit[0]} ({explicit[1]})' if explicit else 'none'}")
     for name, spec in DATASETS.items():
         locations = dataset_locations(name, args.data_dir, verify=not args.no_verify)
-        usable = [loc for loc in locations if loc.complete]
-        summary = f"found in {usable[0].label} {usable[0].directory}" if usable else "not found"
-        print(f"\n{name} ({spec.title}): {summary}")
+        print(f"\n{name} ({spec.title}): {summary(locations)}")
         for loc in locations:
             print(f"  {loc.label}: {loc.directory}")
             for file in loc.files:
                 print(f"    {file.filename}: {file.status}")
-        if not usable:
+        if not any(loc.complete or loc.unverified for loc in locations):
             print(f"  fetch it with: batchnorm data fetch {name}")
     return 0

@@ -8,7 +8,6 @@ accepted: images have magic ``0x00000803`` (``N x rows x cols``), labels ``0x000
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import struct
 import zlib
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._errors import ChecksumError, DataError
+from ._errors import DataError
 
 IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801
@@ -97,20 +96,14 @@ def read_maybe_gzip(path: Path) -> bytes | bytearray:
         raise DataError(f"{path}: cannot read: {error}") from error
     if got != size:
         raise DataError(f"{path}: file changed while it was read ({got} of {size} bytes)")
-    if data[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as error:
-            raise DataError(f"{path}: corrupt or truncated gzip file: {error}") from error
-    return data
+    return decompress_if_gzip(data, name=str(path))
 
 
-def sha256_hex(data: bytes | bytearray) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def check_sha256(data: bytes | bytearray, expected: str, *, name: str) -> None:
-    """Raise :class:`ChecksumError` unless ``sha256(data) == expected``."""
-    actual = sha256_hex(data)
-    if actual != expected:
-        raise ChecksumError(f"{name}: SHA-256 mismatch: got {actual}, expected {expected}")
+def decompress_if_gzip(data: bytes | bytearray, *, name: str) -> bytes | bytearray:
+    """``data`` decompressed if it starts with the gzip magic bytes, else ``data`` itself."""
+    if data[:2] != b"\x1f\x8b":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{name}: corrupt or truncated gzip file: {error}") from error

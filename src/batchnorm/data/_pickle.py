@@ -16,6 +16,7 @@ import gzip
 import io
 import pickle
 import zlib
+from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -130,3 +131,12 @@ def read_mnist_pickle_gz(data: bytes, *, name: str = "mnist.pkl.gz") -> dict[str
     except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{name}: corrupt gzip file: {error}") from error
     return mnist_arrays_from_pickle(payload, name=name)
+
+
+def read_mnist_pickle_file(path: Path) -> dict[str, np.ndarray]:
+    """:func:`read_mnist_pickle_gz` of the file ``path`` (a user's own ``mnist.pkl.gz``)."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise DataError(f"{path}: cannot read: {error}") from error
+    return read_mnist_pickle_gz(data, name=str(path))

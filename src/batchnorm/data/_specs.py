@@ -33,6 +33,8 @@ from __future__ import annotations
 import types
 from dataclasses import dataclass
 
+from ._errors import DataError
+
 IMAGE_SHAPE = (28, 28)
 
 
@@ -205,3 +207,11 @@ SPECS: dict[str, DatasetSpec] = {MNIST.name: MNIST, FASHION_MNIST.name: FASHION_
 
 #: Read-only view of the datasets this package knows, by name.
 DATASETS: types.MappingProxyType[str, DatasetSpec] = types.MappingProxyType(SPECS)
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The spec of dataset ``name``; :class:`DataError` naming the known ones if there is none."""
+    spec = SPECS.get(name)
+    if spec is None:
+        raise DataError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(SPECS))}")
+    return spec
