@@ -15,8 +15,8 @@ import time
 
 import torch
 
+from batchnorm import backends as registry
 from batchnorm import functional as bnf
-from batchnorm.fused import batch_norm_act
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 # (shape, layout, dtypes): every dtype on three shapes, float32 on the rest, so that
@@ -54,13 +54,13 @@ def check_training(backend, x) -> float:
     w = torch.randn(c, device="cuda", dtype=pdtype, requires_grad=True)
     b = torch.randn(c, device="cuda", dtype=pdtype, requires_grad=True)
     xg = x.detach().clone().requires_grad_(True)
-    y, mean, var = bnf.normalize(xg, w, b, None, None, True, 1e-5, backend)
+    y, mean, var, _ = bnf.normalize(xg, w, b, None, None, True, 1e-5, backend)
     g = torch.randn(y.shape, device="cuda", dtype=torch.float64).to(x.dtype)
     grads = torch.autograd.grad(y, (xg, w, b), g)
     x64 = x.detach().double().requires_grad_(True)
     w64 = w.detach().double().requires_grad_(True)
     b64 = b.detach().double().requires_grad_(True)
-    y64, mean64, var64 = bnf.normalize(x64, w64, b64, None, None, True, 1e-5, "reference")
+    y64, mean64, var64, _ = bnf.normalize(x64, w64, b64, None, None, True, 1e-5, "reference")
     ref = torch.autograd.grad(y64, (x64, w64, b64), g.double())
     errors = [rel_err(y, y64), rel_err(mean, mean64), rel_err(var, var64)]
     errors += [rel_err(a, r) for a, r in zip(grads, ref, strict=True)]
@@ -75,7 +75,7 @@ def check_eval(backend, x) -> float:
     w = torch.randn(c, device="cuda", dtype=pdtype)
     b = torch.randn(c, device="cuda", dtype=pdtype)
     with torch.no_grad():
-        y, _, _ = bnf.normalize(x, w, b, rm, rv, False, 1e-5, backend)
+        y, _, _, _ = bnf.normalize(x, w, b, rm, rv, False, 1e-5, backend)
     want = torch.nn.functional.batch_norm(
         x.double(), rm.double(), rv.double(), w.double(), b.double(), False, 0.0, 1e-5
     )
@@ -88,10 +88,11 @@ def check_fused(backend, x, activation, residual) -> float:
     b = torch.randn(c, device="cuda", requires_grad=True)
     xg = x.detach().clone().requires_grad_(True)
     r = torch.randn_like(x, requires_grad=True) if residual else None
-    y, _, _ = batch_norm_act(xg, w, b, None, None, True, 1e-5, activation, r, backend)
-    y64, _, _ = batch_norm_act(
-        xg.double(), w.double(), b.double(), None, None, True, 1e-5, activation,
-        r.double() if r is not None else None, "reference",
+    y, *_ = bnf.normalize(xg, w, b, None, None, True, 1e-5, backend, activation=activation,
+                             residual=r)
+    y64, *_ = bnf.normalize(
+        xg.double(), w.double(), b.double(), None, None, True, 1e-5, "reference",
+        activation=activation, residual=r.double() if r is not None else None,
     )  # fmt: skip
     inputs = [xg, w, b] + ([r] if r is not None else [])
     g = torch.randn_like(y)
@@ -123,7 +124,7 @@ def main() -> int:
         for shape, layout, dtypes in SHAPES:
             for dtype in dtypes:
                 x = make(shape, layout, dtype)
-                if backend != "auto" and not bnf.BACKENDS[backend].is_available(x):
+                if backend != "auto" and not registry.get(backend).is_available(x):
                     continue
                 label = f"{backend} {shape} {layout} {str(dtype)[6:]}"
                 try:

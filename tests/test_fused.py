@@ -8,7 +8,7 @@ from torch import nn
 
 import batchnorm
 from batchnorm import BatchNorm2d, BatchNormAct1d, BatchNormAct2d
-from batchnorm.fused import batch_norm_act
+from batchnorm import functional as bnf
 
 ACT = {"identity": lambda t: t, "relu": torch.relu, "sigmoid": torch.sigmoid}
 
@@ -102,9 +102,9 @@ def test_mlp_layer_sigmoid():
 def test_functional_validates():
     x = torch.randn(4, 3)
     with pytest.raises(ValueError, match="activation"):
-        batch_norm_act(x, None, None, None, None, True, 1e-5, activation="tanh")
+        bnf.normalize(x, None, None, None, None, True, 1e-5, activation="tanh")
     with pytest.raises(ValueError, match="residual"):
-        batch_norm_act(x, None, None, None, None, True, 1e-5, residual=torch.randn(4, 4))
+        bnf.normalize(x, None, None, None, None, True, 1e-5, residual=torch.randn(4, 4))
     with pytest.raises(ValueError, match="activation"):
         BatchNormAct2d(3, activation="gelu")
 

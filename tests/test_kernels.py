@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from batchnorm import functional as bnf
-from batchnorm.kernels import auto, compiled, triton_backend
+from batchnorm.backends import _inductor, auto, triton
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
@@ -49,7 +49,7 @@ def _check_backend(backend, x, affine=True, eps=1e-5):
     w = torch.randn(c, dtype=pdtype, requires_grad=True) if affine else None
     b = torch.randn(c, dtype=pdtype, requires_grad=True) if affine else None
     xg = x.detach().clone().requires_grad_(True)
-    y, mean, var = bnf.normalize(xg, w, b, None, None, True, eps, backend)
+    y, mean, var, _ = bnf.normalize(xg, w, b, None, None, True, eps, backend)
     assert y.dtype == x.dtype and y.shape == x.shape
     assert mean.dtype == var.dtype == pdtype and not mean.requires_grad
     grad = torch.randn(y.shape, dtype=torch.float64).to(x.dtype)
@@ -59,7 +59,7 @@ def _check_backend(backend, x, affine=True, eps=1e-5):
     x64 = x.detach().double().requires_grad_(True)
     w64 = w.detach().double().requires_grad_(True) if affine else None
     b64 = b.detach().double().requires_grad_(True) if affine else None
-    y64, mean64, var64 = bnf.normalize(x64, w64, b64, None, None, True, eps, "reference")
+    y64, mean64, var64, _ = bnf.normalize(x64, w64, b64, None, None, True, eps, "reference")
     ref_inputs = [x64] + ([w64, b64] if affine else [])
     ref_grads = torch.autograd.grad(y64, ref_inputs, grad.double())
     tol = TOLERANCES[x.dtype]
@@ -79,7 +79,7 @@ def _check_eval(backend, x):
     rm, rv = torch.randn(c), torch.rand(c) + 0.5
     w, b = torch.randn(c), torch.randn(c)
     with torch.no_grad():
-        y, mean, var = bnf.normalize(x, w, b, rm, rv, False, 1e-5, backend)
+        y, mean, var, _ = bnf.normalize(x, w, b, rm, rv, False, 1e-5, backend)
     assert mean is None and var is None
     want = torch.nn.functional.batch_norm(
         x.double(), rm.double(), rv.double(), w.double(), b.double(), False, 0.0, 1e-5
@@ -121,7 +121,7 @@ def test_compiled_eval_with_autograd_is_differentiable():
     x = _input((4, 3, 5), torch.float32).requires_grad_(True)
     w = torch.randn(3, requires_grad=True)
     rm, rv = torch.zeros(3), torch.ones(3)
-    y, _, _ = bnf.normalize(x, w, None, rm, rv, False, 1e-5, "compiled")
+    y, _, _, _ = bnf.normalize(x, w, None, rm, rv, False, 1e-5, "compiled")
     (gx, gw) = torch.autograd.grad(y.sum(), (x, w))
     torch.testing.assert_close(gx, (w / (1 + 1e-5) ** 0.5).view(1, 3, 1).expand_as(x))
     torch.testing.assert_close(gw, (x.detach() / (1 + 1e-5) ** 0.5).sum((0, 2)))
@@ -132,15 +132,15 @@ def test_compiled_second_call_does_not_recompile():
     w, b = torch.ones(3, requires_grad=True), torch.zeros(3, requires_grad=True)
 
     def step():
-        y, _, _ = bnf.normalize(x, w, b, None, None, True, 1e-5, "compiled")
+        y, _, _, _ = bnf.normalize(x, w, b, None, None, True, 1e-5, "compiled")
         y.square().sum().backward()
 
     step()
-    before = compiled.cache_info()
+    before = _inductor.cache_info()
     dynamo_before = sum(torch._dynamo.utils.counters["stats"].values())
     for _ in range(3):
         step()
-    after = compiled.cache_info()
+    after = _inductor.cache_info()
     assert after["compiles"] == before["compiles"], "a repeated shape class recompiled"
     assert after["hits"] >= before["hits"] + 6  # forward and backward, three steps
     assert sum(torch._dynamo.utils.counters["stats"].values()) == dynamo_before
@@ -149,7 +149,7 @@ def test_compiled_second_call_does_not_recompile():
 def test_compiled_non_finite_input_gives_non_finite_statistics():
     x = _input((4, 2, 3), torch.float32)
     x[1, 0, 2] = float("nan")
-    _, mean, var = bnf.normalize(x, None, None, None, None, True, 1e-5, "compiled")
+    _, mean, var, _ = bnf.normalize(x, None, None, None, None, True, 1e-5, "compiled")
     assert not torch.isfinite(mean[0]) and torch.isfinite(mean[1])
     assert torch.isfinite(var[1])
 
@@ -202,7 +202,7 @@ def test_triton_cases_in_interpreter():
 @needs_triton
 def test_triton_unavailable_on_cpu_without_interpreter(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    assert not triton_backend.is_available(torch.zeros(2, 3))
+    assert not triton.is_available(torch.zeros(2, 3))
     assert "triton" not in bnf.available_backends(torch.zeros(2, 3))
     with pytest.raises(RuntimeError, match="triton"):
         bnf.normalize(torch.randn(4, 3), None, None, None, None, True, 1e-5, "triton")
@@ -210,8 +210,8 @@ def test_triton_unavailable_on_cpu_without_interpreter(monkeypatch):
 
 def test_triton_unavailable_without_triton(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setattr(triton_backend, "_triton_imports", lambda: False)
-    assert not triton_backend.is_available(torch.zeros(2, 3))
+    monkeypatch.setattr(triton, "_triton_imports", lambda: False)
+    assert not triton.is_available(torch.zeros(2, 3))
 
 
 TRITON_CASES = [
@@ -239,7 +239,7 @@ def test_triton_eval_matches_torch(interpret, layout):
 def test_triton_split_reduction_is_exact_for_large_means(interpret):
     """Chan's combination: no E[x^2] - E[x]^2 cancellation at mean 1e4, std 1."""
     x = torch.randn(2, 2, 64, 40) + 1e4
-    _, mean, var = bnf.normalize(x, None, None, None, None, True, 1e-5, "triton")
+    _, mean, var, _ = bnf.normalize(x, None, None, None, None, True, 1e-5, "triton")
     want = x.double().var((0, 2, 3), unbiased=False)
     torch.testing.assert_close(var.double(), want, rtol=1e-4, atol=0)
     torch.testing.assert_close(mean.double(), x.double().mean((0, 2, 3)), rtol=1e-7, atol=0)
@@ -250,15 +250,16 @@ def test_triton_split_reduction_is_exact_for_large_means(interpret):
 @pytest.mark.parametrize("with_residual", [False, True])
 def test_triton_fused_activation_and_residual(interpret, activation, layout, with_residual):
     """act(BN(x) + r) and its three (four) gradients against the float64 reference."""
-    from batchnorm.fused import batch_norm_act
 
     x = _input((3, 4, 5, 6), torch.float32, layout).requires_grad_(True)
     r = torch.randn(3, 4, 5, 6, requires_grad=True) if with_residual else None
     w, b = torch.randn(4, requires_grad=True), torch.randn(4, requires_grad=True)
-    y, _, _ = batch_norm_act(x, w, b, None, None, True, 1e-5, activation, r, "triton")
-    y64, _, _ = batch_norm_act(
-        x.double(), w.double(), b.double(), None, None, True, 1e-5, activation,
-        r.double() if r is not None else None, "reference",
+    y, *_ = bnf.normalize(
+        x, w, b, None, None, True, 1e-5, "triton", activation=activation, residual=r
+    )
+    y64, *_ = bnf.normalize(
+        x.double(), w.double(), b.double(), None, None, True, 1e-5, "reference",
+        activation=activation, residual=r.double() if r is not None else None,
     )  # fmt: skip
     torch.testing.assert_close(y.double(), y64, rtol=1e-5, atol=1e-5)
     grad = torch.randn_like(y)
@@ -269,7 +270,8 @@ def test_triton_fused_activation_and_residual(interpret, activation, layout, wit
         torch.testing.assert_close(g.double(), v.double(), rtol=1e-4, atol=1e-4)
     with torch.no_grad():
         rm, rv = torch.randn(4), torch.rand(4) + 0.5
-        y_eval, _, _ = batch_norm_act(x, w, b, rm, rv, False, 1e-5, activation, r, "triton")
+        y_eval, *_ = bnf.normalize(x, w, b, rm, rv, False, 1e-5, "triton", activation=activation,
+                                     residual=r)
         want_eval = torch.nn.functional.batch_norm(x, rm, rv, w, b, False, 0.0, 1e-5)
         want_eval = want_eval + (r if r is not None else 0)
         want_eval = torch.relu(want_eval) if activation == "relu" else torch.sigmoid(want_eval)
@@ -288,32 +290,32 @@ def fresh_auto():
 
 def test_auto_is_native_for_small_inputs(fresh_auto):
     x = torch.randn(60, 100)
-    assert all(auto.choose_backend(x, True) == "native" for _ in range(10))
+    assert all(auto.choose(x, True) == "native" for _ in range(10))
 
 
 def test_auto_never_compiles_a_one_off_call(fresh_auto):
     x = torch.empty(4, 16, 128, 128)  # 1M elements: a candidate for a generated kernel
-    assert auto.choose_backend(x, True) == "native"
-    before = compiled.cache_info()["compiles"]
+    assert auto.choose(x, True) == "native"
+    before = _inductor.cache_info()["compiles"]
     y = torch.randn(2, 16, 128, 256)  # a different shape class, run once through auto
     bnf.batch_norm(y, None, None, training=True, backend="auto")
-    assert compiled.cache_info()["compiles"] == before
+    assert _inductor.cache_info()["compiles"] == before
 
 
 def test_auto_switches_after_repeated_sightings(fresh_auto):
     x = torch.empty(4, 16, 128, 128)
-    choices = [auto.choose_backend(x, True) for _ in range(auto.SIGHTINGS + 2)]
+    choices = [auto.choose(x, True) for _ in range(auto.SIGHTINGS + 2)]
     assert choices[: auto.SIGHTINGS - 1] == ["native"] * (auto.SIGHTINGS - 1)
     assert set(choices[auto.SIGHTINGS - 1 :]) == {"hybrid"}
     cl = x.contiguous(memory_format=torch.channels_last)
-    assert [auto.choose_backend(cl, True) for _ in range(auto.SIGHTINGS)][-1] == "compiled"
+    assert [auto.choose(cl, True) for _ in range(auto.SIGHTINGS)][-1] == "compiled"
     # Evaluation is one read and one write: ATen is at the floor there.
-    assert {auto.choose_backend(cl, False) for _ in range(5)} == {"native"}
+    assert {auto.choose(cl, False) for _ in range(5)} == {"native"}
     # Half-precision training on the CPU goes to the float32-accurate paper backend;
     # in eval (no statistics to compute) it stays on ATen.
     half = torch.empty(4, 16, 128, 128, dtype=torch.bfloat16)
-    assert {auto.choose_backend(half, True) for _ in range(5)} == {"reference"}
-    assert {auto.choose_backend(half, False) for _ in range(5)} == {"native"}
+    assert {auto.choose(half, True) for _ in range(5)} == {"reference"}
+    assert {auto.choose(half, False) for _ in range(5)} == {"native"}
 
 
 def test_auto_names_a_registered_backend(fresh_auto):

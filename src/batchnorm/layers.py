@@ -5,7 +5,8 @@ it: constructor arguments, attribute and buffer names, ``state_dict`` keys and
 ``isinstance`` checks (fusers, ``SyncBatchNorm.convert_sync_batchnorm``,
 weight-decay filters) all keep working. What changes is the forward:
 
-* the transform runs on a selectable ``backend`` (see :mod:`batchnorm.functional`);
+* the transform runs on a selectable ``backend`` (see :mod:`batchnorm.backends`),
+  through the one forward path :func:`batchnorm.functional.normalize`;
 * running statistics follow a selectable ``estimator`` (see :mod:`batchnorm.statistics`),
   including ``"population"``, Algorithm 2 step 3 exactly;
 * bad input raises an error naming the layer and the shape; a batch with
@@ -21,12 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from batchnorm.functional import (
-    BACKENDS,
-    native_training_with_update,
-    normalize,
-    validate_input,
-)
+from batchnorm.backends import AUTO, names
+from batchnorm.functional import normalize, validate_input
 from batchnorm.statistics import ESTIMATORS, Estimator, update_running_statistics
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -69,15 +66,10 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(
                 f"{name}: estimator 'ema' needs a momentum (momentum=None is 'cumulative')"
             )
-        if backend != "auto" and backend not in BACKENDS:
-            # Kernel backends register on first use; only reject names that never appear.
-            from batchnorm.functional import available_backends
-
-            if backend not in available_backends():
-                raise ValueError(
-                    f"{name}: unknown backend {backend!r}; available: "
-                    f"{['auto', *available_backends()]}"
-                )
+        if backend != AUTO and backend not in names():
+            raise ValueError(
+                f"{name}: unknown backend {backend!r}; available: {[AUTO, *names()]}"
+            )
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
         self.estimator: Estimator = estimator
         self.backend = backend
@@ -124,33 +116,28 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         self._has_statistics = True  # warn once per layer
 
     def forward(self, input: Tensor) -> Tensor:
+        return self._forward(input, "identity", None)
+
+    def _forward(self, input: Tensor, activation: str, residual: Tensor | None) -> Tensor:
+        """``act(BN(input) [+ residual])`` and, in training, the running-statistics update.
+
+        The layers' one forward: checks, :func:`~batchnorm.functional.normalize`,
+        then the estimator (unless the backend updated the statistics in its kernel).
+        """
         self._check_input_dim(input)
         use_batch_statistics = self.training or not self.track_running_stats
         validate_input(input, self.num_features, use_batch_statistics, self._describe())
         if not use_batch_statistics and not self._has_statistics:
             self._check_statistics_tracked()
-        if (
-            self.training
-            and self.track_running_stats
-            and self.estimator != "population"
-            and self.backend in ("auto", "native")
-        ):
-            self.num_batches_tracked.add_(1)
+        tracking = self.training and self.track_running_stats
+        momentum = None  # offered to an in-kernel update (moving averages only)
+        if tracking and self.estimator != "population":
             momentum = (
-                1.0 / float(self.num_batches_tracked)
+                1.0 / (float(self.num_batches_tracked) + 1.0)
                 if self.estimator == "cumulative"
                 else self.momentum
             )
-            output = native_training_with_update(
-                input, self.running_mean, self.running_var, self.weight, self.bias, momentum,
-                self.eps,
-            )  # fmt: skip
-            if output is not None:
-                if not self._has_statistics:  # nn.Module.__setattr__ is slow: set it once
-                    self._has_statistics = True
-                return output
-            self.num_batches_tracked.sub_(1)  # the general path below counts it
-        output, batch_mean, batch_var = normalize(
+        result = normalize(
             input,
             self.weight,
             self.bias,
@@ -159,20 +146,21 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
             use_batch_statistics,
             self.eps,
             self.backend,
+            activation=activation,
+            residual=residual,
+            momentum=momentum,
         )
-        self._record_batch(input, batch_mean, batch_var)
-        return output
-
-    def _record_batch(self, input: Tensor, batch_mean: Tensor | None, batch_var: Tensor | None):
-        """After a forward: count the batch and update the running statistics (training only)."""
-        if self.training and self.track_running_stats:
+        if tracking:
             self.num_batches_tracked.add_(1)
-            skipped = update_running_statistics(
-                self, self.estimator, batch_mean, batch_var, input.numel() // input.shape[1]
-            )
-            self.skipped_updates.add_(skipped.to(self.skipped_updates.dtype))
-            if not self._has_statistics:
+            if not result.updated:
+                skipped = update_running_statistics(
+                    self, self.estimator, result.batch_mean, result.batch_var,
+                    input.numel() // input.shape[1],
+                )  # fmt: skip
+                self.skipped_updates.add_(skipped.to(self.skipped_updates.dtype))
+            if not self._has_statistics:  # nn.Module.__setattr__ is slow: set it once
                 self._has_statistics = True
+        return result.output
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs

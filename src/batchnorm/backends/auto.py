@@ -1,6 +1,6 @@
 """The rule behind ``backend="auto"``: a small table derived from ``batchnorm bench``.
 
-:func:`choose_backend` runs on every forward, so it only reads the tensor's
+:func:`choose` runs on every forward, so it only reads the tensor's
 metadata, does one table scan and one dictionary update (about a microsecond).
 
 The rule, first match wins (see ``benchmarks/README.md`` for the measurements):
@@ -18,7 +18,12 @@ The rule, first match wins (see ``benchmarks/README.md`` for the measurements):
    ``auto`` never pays that for a one-off call; a training loop reaches the
    third step at once, and from then on runs the generated kernel, compiled once.
    (A layer constructed with ``backend="compiled"`` opts in from the first call.)
-4. The first row of :data:`RULES` that matches (device, dtype, layout, mode).
+4. The first row of :data:`RULES` that matches (device, dtype, layout, mode),
+   if that backend is available here and none of its kernel builds has failed.
+   With a fused activation, ``"hybrid"`` becomes ``"compiled"``: same generated
+   forward, and the fused backward saves the activation's own passes (about 5
+   reads/writes of the tensor), more than ATen's faster BN backward gains over
+   the generated one (about 2).
 5. Otherwise ``"native"``.
 """
 
@@ -29,7 +34,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["MIN_NUMEL", "RULES", "SIGHTINGS", "Rule", "choose_backend", "layout_of"]
+from batchnorm.backends import registry
+
+__all__ = ["MIN_NUMEL", "RULES", "SIGHTINGS", "Rule", "choose", "layout_of", "reset"]
 
 MIN_NUMEL = 1 << 19
 SIGHTINGS = 3
@@ -92,7 +99,7 @@ def reset() -> None:
     _seen.clear()
 
 
-def choose_backend(input: Tensor, training: bool) -> str:
+def choose(input: Tensor, training: bool, activation: str = "identity") -> str:
     """The fastest correct backend for this call that never pays a compile.
 
     See the module docstring for the rule.
@@ -110,18 +117,19 @@ def choose_backend(input: Tensor, training: bool) -> str:
             and rule.training == training
             and input.dtype in rule.dtypes
         ):
-            if not _sighted(input, training) or not _usable(rule.backend, input):
+            name = rule.backend
+            if name == "hybrid" and activation != "identity":
+                name = "compiled"
+            if not _sighted(input, training) or not _usable(name, input):
                 return "native"
-            return rule.backend
+            return name
     return "native"
 
 
 def _usable(name: str, input: Tensor) -> bool:
-    """Available here, and no compile of this kind failed in this process."""
-    from batchnorm.functional import BACKENDS
-    from batchnorm.kernels import compiled
-
-    backend = BACKENDS.get(name)
-    if backend is None or not backend.is_available(input):
+    """Registered and available here, and none of its kernel builds failed in this process."""
+    try:
+        backend = registry.get(name)
+    except ValueError:
         return False
-    return compiled._stats["failures"] == 0
+    return backend.is_available(input) and backend.failures() == 0

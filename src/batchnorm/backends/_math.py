@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-ACTIVATIONS = ("identity", "relu", "sigmoid")
+from batchnorm.activations import activate, activation_grad
 
 
 def is_channels_last(x: Tensor) -> bool:
@@ -73,8 +73,23 @@ def _bcast(v: Tensor, channels_last: bool) -> Tensor:
     return v if channels_last else v.view(-1, 1)
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics and arithmetic: float64 for float64 input, float32 for everything else.
+
+    float16/bfloat16 input is normalized with statistics accumulated in float32
+    (docs/method.md section 2, the project's choice for half precision).
+    """
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def reduction_dims(input: Tensor) -> list[int]:
+    """The dimensions a channel's statistics are taken over: all but dimension 1."""
+    return [0, *range(2, input.dim())]
+
+
+def channel_shape(input: Tensor) -> list[int]:
+    """Shape that broadcasts a per-channel vector against ``input``."""
+    return [1, input.shape[1]] + [1] * (input.dim() - 2)
 
 
 def materialize_affine(
@@ -82,28 +97,10 @@ def materialize_affine(
 ) -> tuple[Tensor, Tensor]:
     """gamma and beta, as ones/zeros in the compute dtype when the layer is not affine."""
     if weight is None:
-        weight = torch.ones(x.shape[1], dtype=_compute_dtype(x.dtype), device=x.device)
+        weight = torch.ones(x.shape[1], dtype=compute_dtype(x.dtype), device=x.device)
     if bias is None:
         bias = torch.zeros(x.shape[1], dtype=weight.dtype, device=x.device)
     return weight, bias
-
-
-def _activate(z: Tensor, activation: str) -> Tensor:
-    if activation == "relu":
-        return torch.relu(z)
-    if activation == "sigmoid":
-        return torch.sigmoid(z)
-    return z
-
-
-def _activation_grad(g: Tensor, z: Tensor | None, y: Tensor | None, activation: str) -> Tensor:
-    """dL/dz from dL/dy, from the pre-activation ``z`` or, if None, the output ``y``."""
-    if activation == "relu":
-        return torch.where((z if z is not None else y) > 0, g, torch.zeros_like(g))
-    if activation == "sigmoid":
-        s = torch.sigmoid(z) if z is not None else y
-        return g * s * (1 - s)
-    return g
 
 
 def forward_train(
@@ -116,7 +113,7 @@ def forward_train(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Training forward: returns (y, batch_mean, batch_var (biased), invstd)."""
     cl = is_channels_last(x)
-    ct = _compute_dtype(x.dtype)
+    ct = compute_dtype(x.dtype)
     x3 = _view3(x, cl).to(ct)
     m = x.numel() // x.shape[1]
     shift = x3[0, 0] if cl else x3[0, :, 0]
@@ -130,7 +127,7 @@ def forward_train(
     z = x3 * _bcast(scale, cl) + _bcast(shift_out, cl)
     if residual is not None:
         z = z + _view3(residual, cl).to(ct)
-    y = _unview3(_activate(z, activation).to(x.dtype), x, cl)
+    y = _unview3(activate(z, activation).to(x.dtype), x, cl)
     return y, mean, var, invstd
 
 
@@ -152,7 +149,7 @@ def backward_train(
     the activation cannot be recomputed from ``x`` (with a residual).
     """
     cl = is_channels_last(x)
-    ct = _compute_dtype(x.dtype)
+    ct = compute_dtype(x.dtype)
     x3 = _view3(x, cl).to(ct)
     g = _view3(grad, cl).to(ct)
     m = x.numel() // x.shape[1]
@@ -161,9 +158,9 @@ def backward_train(
         if output is None:
             scale = invstd * w
             z = x3 * _bcast(scale, cl) + _bcast(bias.to(ct) - mean * scale, cl)
-            g = _activation_grad(g, z, None, activation)
+            g = activation_grad(g, z, None, activation)
         else:
-            g = _activation_grad(g, None, _view3(output, cl).to(ct), activation)
+            g = activation_grad(g, None, _view3(output, cl).to(ct), activation)
     xmu = x3 - _bcast(mean, cl)
     sum_g = _channel_sum(g, cl)
     sum_gx = _channel_sum(g * xmu, cl)
@@ -193,11 +190,11 @@ def forward_eval(
 ) -> Tensor:
     """Algorithm 2 step 4: ``act(x * a + b' [+ r])`` with the running statistics."""
     cl = is_channels_last(x)
-    ct = _compute_dtype(x.dtype)
+    ct = compute_dtype(x.dtype)
     x3 = _view3(x, cl).to(ct)
     scale = torch.rsqrt(running_var.to(ct) + eps) * weight.to(ct)
     shift = bias.to(ct) - running_mean.to(ct) * scale
     z = x3 * _bcast(scale, cl) + _bcast(shift, cl)
     if residual is not None:
         z = z + _view3(residual, cl).to(ct)
-    return _unview3(_activate(z, activation).to(x.dtype), x, cl)
+    return _unview3(activate(z, activation).to(x.dtype), x, cl)

@@ -1,4 +1,4 @@
-"""Backend ``"triton"``: the kernels of :mod:`batchnorm.kernels.triton_kernels` on CUDA.
+"""Backend ``"triton"``: the kernels of :mod:`batchnorm.backends._triton_kernels` on CUDA.
 
 Training runs three launches forward (partial statistics per split, their
 combination per channel, the normalization pass) and three backward (partial
@@ -20,12 +20,14 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from batchnorm.functional import Backend, register_backend
-from batchnorm.kernels import _math
+from batchnorm.activations import ACTIVATIONS, check_activation
+from batchnorm.backends import _math
+from batchnorm.backends.registry import Backend, register
 
-__all__ = ["is_available", "triton_batch_norm"]
+__all__ = ["BACKEND", "is_available", "triton_batch_norm"]
 
-_ACT_CODES = {"identity": 0, "relu": 1, "sigmoid": 2}
+#: The kernels' ``ACT`` codes: 0 identity, 1 relu, 2 sigmoid.
+_ACT_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -86,11 +88,11 @@ def _grid_c(c: int, block_c: int) -> int:
 
 def _statistics(x3: Tensor, weight: Tensor, bias: Tensor, eps: float):
     """(mean, var, invstd, scale, shift) per channel of an (N, C, S) view."""
-    from batchnorm.kernels.triton_kernels import jitted
+    from batchnorm.backends._triton_kernels import jitted
 
     n, c, s = x3.shape
     m = n * s
-    acc = torch.float64 if x3.dtype == torch.float64 else torch.float32
+    acc = _math.compute_dtype(x3.dtype)
     block_m, block_c = _tiles(x3)
     c_blocks = _grid_c(c, block_c)
     splits, per_split = _splits(c_blocks, m, block_m, x3.device)
@@ -110,7 +112,7 @@ def _statistics(x3: Tensor, weight: Tensor, bias: Tensor, eps: float):
 
 def _apply(x: Tensor, scale: Tensor, shift: Tensor, residual: Tensor | None, activation: str):
     """act(x * scale + shift [+ residual]) in one pass; output laid out like ``x``."""
-    from batchnorm.kernels.triton_kernels import jitted
+    from batchnorm.backends._triton_kernels import jitted
 
     y = torch.empty_like(x)
     x3, y3 = _view3(x), _view3(y)
@@ -144,7 +146,7 @@ class _TritonTraining(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # double backward: use the reference backend
     def backward(ctx, grad, _grad_mean, _grad_var):
-        from batchnorm.kernels.triton_kernels import jitted
+        from batchnorm.backends._triton_kernels import jitted
 
         x, w, mean, invstd, scale, shift, y = ctx.saved_tensors
         x3, g3 = _view3(x), _view3(grad)
@@ -198,13 +200,12 @@ def triton_batch_norm(
     residual: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """``act(BN(input) [+ residual])`` with the Triton kernels; returns (y, mean, var)."""
-    if activation not in _ACT_CODES:
-        raise ValueError(f"activation must be one of {tuple(_ACT_CODES)}, got {activation!r}")
+    check_activation(activation, "triton_batch_norm")
     if training:
         y, mean, var = _TritonTraining.apply(input, weight, bias, residual, eps, activation)
         return y, mean, var
     w, b = _math.materialize_affine(input, weight, bias)
-    acc = torch.float64 if input.dtype == torch.float64 else torch.float32
+    acc = _math.compute_dtype(input.dtype)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (input, weight, bias, residual)
     )
@@ -216,15 +217,18 @@ def triton_batch_norm(
     return _apply(input, scale, shift, residual, activation), None, None
 
 
-def _forward(input, weight, bias, running_mean, running_var, training, eps):
-    return triton_batch_norm(input, weight, bias, running_mean, running_var, training, eps)
+def _forward(input, weight, bias, running_mean, running_var, training, eps, *,
+             activation="identity", residual=None):  # fmt: skip
+    return triton_batch_norm(input, weight, bias, running_mean, running_var, training, eps,
+                             activation, residual)  # fmt: skip
 
 
-register_backend(
+BACKEND = register(
     Backend(
         "triton",
         _forward,
         is_available,
-        "hand-written Triton kernels (CUDA; CPU only under TRITON_INTERPRET=1)",
+        fuses_activation=True,
+        description="hand-written Triton kernels (CUDA; CPU only under TRITON_INTERPRET=1)",
     )
 )
