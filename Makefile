@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Two install levels: what the experiments need (torch and the package), and the
+# dev tools on top (pytest, hypothesis, ruff, Triton for the interpreter tests).
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 # torch is pinned to the CPU wheel on purpose: an unpinned torch pulls a CUDA build.
 TORCH := torch==2.13.0
 
@@ -12,22 +15,26 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
 
-setup: $(STAMP)
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(DEV_STAMP)
 
-test: $(STAMP)
+setup: $(DEV_STAMP)
+
+test: $(DEV_STAMP)
 	$(VENV)/bin/ruff check
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(DEV_STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 reproduce: $(STAMP)
 	$(VENV)/bin/batchnorm reproduce figure1
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check
 
 bench: $(STAMP)

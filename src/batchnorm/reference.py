@@ -1,4 +1,4 @@
-"""A float64 NumPy oracle of the paper, to read next to it (PAPER.md sections 2-5).
+"""A float64 NumPy oracle of the paper, to read next to it (docs/method.md sections 2-5).
 
 Arrays have shape (N, C, *); every statistic is per channel over all other axes
 (per activation for (N, C), per feature map for convolutions). No PyTorch here:
