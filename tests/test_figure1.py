@@ -13,12 +13,11 @@ import torch
 
 from batchnorm import cli
 from batchnorm.data import Dataset
-from batchnorm.experiments import _figure1_config, figure1
-from batchnorm.experiments._figure1_report import METRIC_COLUMNS, summarize
-from batchnorm.experiments._figure1_train import BatchStream, PlainSGD
+from batchnorm.experiments import figure1
+from batchnorm.experiments.figure1 import METRIC_COLUMNS, BatchStream, PlainSGD, summarize
 
 RUNTIME_FLAGS = {"data_dir", "out", "device", "threads", "resume", "no_progress", "sweep_lr",
-                 "sweep_values"}
+                 "sweep_values", "preset"}
 
 
 def synthetic_dataset(train: int = 600, test: int = 200, seed: int = 0) -> Dataset:
@@ -102,7 +101,7 @@ def test_config_records_every_choice(tmp_path, data):
     for choice in ("optimizer", "lr", "init_std", "binarize_threshold", "eps", "bn_momentum",
                    "data_order", "evaluation", "percentiles", "population_statistics"):
         assert config["choices"][choice]
-    assert config["lr_sweep"]["winner"] == _figure1_config.Figure1Config().lr
+    assert config["lr_sweep"]["winner"] == figure1.Figure1Config().lr
     assert len(config["lr_sweep"]["values"]) >= 4
     assert config["paper"]["batch_size"] == 60 and config["paper"]["steps"] == 50_000
     assert config["timing"]["train_s"] > 0
@@ -111,10 +110,10 @@ def test_config_records_every_choice(tmp_path, data):
 
 def test_defaults_are_the_papers():
     args = parse()
-    config = _figure1_config.config_from_args(args)
+    config = figure1.config_from_args(args)
     assert (config.steps, config.batch_size, config.hidden) == (50_000, 60, (100, 100, 100))
     assert config.eval_every == 500  # 100 evaluation points
-    assert config.lr == _figure1_config.LR_SWEEP["winner"]
+    assert config.lr == figure1.LR_SWEEP["winner"]
     assert args.out == "runs/figure1" and args.dataset == "mnist"
 
 
@@ -153,9 +152,11 @@ def test_resume_of_a_finished_run_rewrites_the_same_outputs(tmp_path, data):
 def test_resume_with_other_settings_is_refused(tmp_path, data, capsys):
     with pytest.raises(figure1.SimulatedKillError):
         run(tmp_path, data, *SHORT, stop_after=7)
+    capsys.readouterr()
     assert run(tmp_path, data, *SHORT, "--resume", "--init-std", "0.3") == 2
     error = capsys.readouterr().err
     assert "init_std" in error and "other settings" in error
+    assert len(error.strip().splitlines()) == 1  # one line naming the changed setting
 
 
 def test_fresh_run_does_not_continue_an_old_checkpoint(tmp_path, data):

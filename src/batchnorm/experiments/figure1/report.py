@@ -1,4 +1,4 @@
-"""Figure 1's outputs: metrics.csv, summary.json, report.md, figure1.png, config.json.
+"""Figure 1's numbers and words: metrics.csv, summary.json, the paper's claims, report.md.
 
 Everything here is computed from the metric rows, so a resumed run and an
 uninterrupted one write the same files (apart from the measured times).
@@ -9,20 +9,27 @@ from __future__ import annotations
 import csv
 import io
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from batchnorm.experiments._io import write_json, write_text
-
-__all__ = ["ARMS", "METRIC_COLUMNS", "curves", "summarize", "write_outputs"]
+__all__ = [
+    "ARMS",
+    "LABELS",
+    "METRIC_COLUMNS",
+    "curves",
+    "headline",
+    "metrics_csv",
+    "paper_claims",
+    "report",
+    "summarize",
+]
 
 ARMS = ("baseline", "bn")
 LABELS = {"baseline": "Without BN", "bn": "With BN"}
 #: metrics.csv columns; ``accuracy`` of the rows is written as ``test_accuracy``.
 METRIC_COLUMNS = ("seed", "arm", "step", "test_accuracy", "train_loss", "p15", "p50", "p85")
-_PERCENTILES = ("p15", "p50", "p85")
+PERCENTILES = ("p15", "p50", "p85")
 
 
 def metrics_csv(rows: list[dict[str, Any]]) -> str:
@@ -44,7 +51,7 @@ def curves(rows: list[dict[str, Any]], arm: str) -> dict[str, Any]:
     steps = sorted({row["step"] for row in mine})
     position = {step: i for i, step in enumerate(steps)}
     result: dict[str, Any] = {"steps": np.array(steps), "seeds": seeds}
-    for metric in ("accuracy", "train_loss", *_PERCENTILES):
+    for metric in ("accuracy", "train_loss", *PERCENTILES):
         table = np.full((len(seeds), len(steps)), np.nan)
         for row in mine:
             table[seeds.index(row["seed"]), position[row["step"]]] = row[metric]
@@ -53,7 +60,7 @@ def curves(rows: list[dict[str, Any]], arm: str) -> dict[str, Any]:
 
 
 def _at(curve: dict[str, Any], index: int) -> dict[str, float]:
-    return {p: float(curve[p][:, index].mean()) for p in _PERCENTILES}
+    return {p: float(curve[p][:, index].mean()) for p in PERCENTILES}
 
 
 def _percentile_summary(curve: dict[str, Any]) -> dict[str, Any]:
@@ -110,7 +117,7 @@ def summarize(rows: list[dict[str, Any]], population: dict[int, dict[str, float]
             per_seed = summary["bn"]["per_seed"][str(seed)]
             per_seed["final_test_accuracy_population_stats"] = population[seed]["accuracy"]
             per_seed["population_percentiles"] = {
-                p: population[seed][p] for p in _PERCENTILES
+                p: population[seed][p] for p in PERCENTILES
             }
     else:
         summary["bn"]["final_test_accuracy_population_stats"] = None
@@ -127,32 +134,51 @@ def summarize(rows: list[dict[str, Any]], population: dict[int, dict[str, float]
     return summary
 
 
-def write_outputs(out: Path, document: dict[str, Any], rows: list[dict[str, Any]],
-                  population: dict[int, dict[str, float]]) -> dict[str, Any]:
-    """Write every output file of a finished run; returns the summary."""
-    from batchnorm.experiments._figure1_plot import figure1
-    from batchnorm.experiments._io import save_figure
+def pct(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.2f}%"
 
-    summary = summarize(rows, population)
-    summary["timing"] = document.get("timing", {})
-    write_text(out / "metrics.csv", metrics_csv(rows))
-    write_json(out / "summary.json", summary)
-    figure = figure1(rows)
-    save_figure(out / "figure1.png", figure, dpi=130, bbox_inches="tight")
-    write_json(out / "config.json", document)
-    write_text(out / "report.md", report(document, summary))
-    return summary
+
+def paper_claims(summary: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """The paper's Figure 1 claims: (claim, whether this run shows it, the numbers)."""
+    base, bn = summary["baseline"], summary["bn"]
+    gap = bn["final_test_accuracy"] - base["final_test_accuracy"]
+    needed = bn["steps_to_baseline_final"]
+    bp, np_ = base["percentiles"], bn["percentiles"]
+    return [
+        ("BN ends with a higher test accuracy than the baseline", gap > 0,
+         f"BN {pct(bn['final_test_accuracy'])} (population statistics "
+         f"{pct(bn['final_test_accuracy_population_stats'])}), baseline "
+         f"{pct(base['final_test_accuracy'])}: {100 * gap:+.2f} points"),
+        ("BN reaches the baseline's final accuracy sooner",
+         needed is not None and needed < summary["steps"],
+         "never" if needed is None else f"after {needed} of {summary['steps']} steps"),
+        ("BN's sigmoid input is more stable than the baseline's",
+         np_["median_range"] < bp["median_range"] and np_["spread_range"] < bp["spread_range"],
+         f"median range {np_['median_range']:.2f} with BN vs {bp['median_range']:.2f} "
+         f"without; range of the 15-85 spread {np_['spread_range']:.2f} vs "
+         f"{bp['spread_range']:.2f}; spread first -> final {np_['spread_first']:.2f} -> "
+         f"{np_['spread_final']:.2f} vs {bp['spread_first']:.2f} -> {bp['spread_final']:.2f}"),
+    ]
+
+
+def headline(summary: dict[str, Any]) -> list[str]:
+    """The numbers the run ends with on stdout."""
+    base, bn = summary["baseline"], summary["bn"]
+    lines = [f"final test accuracy: baseline {pct(base['final_test_accuracy'])}, BN "
+             f"{pct(bn['final_test_accuracy'])}, BN with population statistics "
+             f"{pct(bn['final_test_accuracy_population_stats'])}"]
+    if bn["steps_to_baseline_final"] is not None:
+        lines.append(f"BN reaches the baseline's final accuracy after "
+                     f"{bn['steps_to_baseline_final']} of {summary['steps']} steps "
+                     f"({bn['speedup_to_baseline_final']:.1f}x fewer)")
+    return lines
 
 
 # ----------------------------------------------------------------------------- report.md
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.2f}%"
-
-
 def _triple(values: dict[str, float]) -> str:
-    return " / ".join(f"{values[p]:+.2f}" for p in _PERCENTILES)
+    return " / ".join(f"{values[p]:+.2f}" for p in PERCENTILES)
 
 
 def report(document: dict[str, Any], summary: dict[str, Any]) -> str:
@@ -172,7 +198,7 @@ def report(document: dict[str, Any], summary: dict[str, Any]) -> str:
         "",
         "## Setup",
         "",
-        "Fixed by the paper (PAPER.md section 7):",
+        "Fixed by the paper (docs/method.md section 7):",
         "",
         *[f"- {key}: {value}" for key, value in document["paper"].items()],
         "",
@@ -214,7 +240,7 @@ def _sweep_section(sweep: dict[str, Any], lr: float) -> list[str]:
         lines += ["| lr | validation accuracy | |", "|---|---|---|"]
         for value in sweep["values"]:
             mark = "winner" if value == sweep["winner"] else ""
-            lines.append(f"| {value:g} | {_pct(results.get(str(value)))} | {mark} |")
+            lines.append(f"| {value:g} | {pct(results.get(str(value)))} | {mark} |")
         lines.append("")
     else:
         lines += ["(The sweep's results are not recorded in this build.)", ""]
@@ -230,11 +256,11 @@ def _results_table(summary: dict[str, Any]) -> list[str]:
         "| network | final test accuracy | best test accuracy (step) | final, population "
         "statistics |",
         "|---|---|---|---|",
-        f"| without BN | {_pct(base['final_test_accuracy'])} | "
-        f"{_pct(base['max_test_accuracy'])} ({base['max_test_accuracy_step']}) | n/a |",
-        f"| with BN (moving averages) | {_pct(bn['final_test_accuracy'])} | "
-        f"{_pct(bn['max_test_accuracy'])} ({bn['max_test_accuracy_step']}) | "
-        f"{_pct(bn['final_test_accuracy_population_stats'])} |",
+        f"| without BN | {pct(base['final_test_accuracy'])} | "
+        f"{pct(base['max_test_accuracy'])} ({base['max_test_accuracy_step']}) | n/a |",
+        f"| with BN (moving averages) | {pct(bn['final_test_accuracy'])} | "
+        f"{pct(bn['max_test_accuracy'])} ({bn['max_test_accuracy_step']}) | "
+        f"{pct(bn['final_test_accuracy_population_stats'])} |",
         "",
     ]
     needed = bn["steps_to_baseline_final"]
@@ -243,7 +269,7 @@ def _results_table(summary: dict[str, Any]) -> list[str]:
     else:
         lines.append(
             f"The BN network reaches the baseline's final test accuracy "
-            f"({_pct(base['final_test_accuracy'])}) after {needed} steps, "
+            f"({pct(base['final_test_accuracy'])}) after {needed} steps, "
             f"{bn['speedup_to_baseline_final']:.1f}x fewer than the baseline's "
             f"{summary['steps']}."
         )
@@ -254,9 +280,9 @@ def _results_table(summary: dict[str, Any]) -> list[str]:
                   "|---|---|---|---|"]
         for seed in summary["seeds"]:
             b, n = base["per_seed"][str(seed)], bn["per_seed"][str(seed)]
-            lines.append(f"| {seed} | {_pct(b['final_test_accuracy'])} | "
-                         f"{_pct(n['final_test_accuracy'])} | "
-                         f"{_pct(n.get('final_test_accuracy_population_stats'))} |")
+            lines.append(f"| {seed} | {pct(b['final_test_accuracy'])} | "
+                         f"{pct(n['final_test_accuracy'])} | "
+                         f"{pct(n.get('final_test_accuracy_population_stats'))} |")
         lines.append("")
     return lines
 
@@ -288,6 +314,10 @@ def _percentile_section(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _loads(values: list[float] | None) -> str:
+    return "n/a" if values is None else ", ".join(f"{v:.2f}" for v in values)
+
+
 def _timing_section(timing: dict[str, Any], runtime: dict[str, Any], s: dict[str, Any]
                     ) -> list[str]:
     if not timing:
@@ -295,33 +325,29 @@ def _timing_section(timing: dict[str, Any], runtime: dict[str, Any], s: dict[str
     train_s, eval_s = timing.get("train_s", 0.0), timing.get("eval_s", 0.0)
     arms = 2 * s["seeds"]
     loop = train_s + eval_s + timing.get("checkpoint_s", 0.0)
-    load_before = ", ".join(f"{v:.2f}" for v in timing.get("load_before", []))
-    load_after = ", ".join(f"{v:.2f}" for v in timing.get("load_after", []))
     return [
         "## Wall time",
         "",
         f"- device: {runtime['device']}, torch threads: {runtime['threads']}, "
-        f"CPUs: {runtime['cpu_count']}, torch {runtime['torch']}",
+        f"CPUs: {runtime['cpu_count']}, torch {runtime['torch']}, numpy {runtime['numpy']}, "
+        f"Python {runtime['python']}, {runtime['platform']}",
         f"- training: {train_s:.1f} s for {s['steps']} steps x {arms} networks "
         f"({1000 * train_s / max(s['steps'], 1):.3f} ms per step of all networks)",
         f"- evaluation: {eval_s:.1f} s; checkpoints: {timing.get('checkpoint_s', 0.0):.1f} s; "
         f"population statistics: {timing.get('population_s', 0.0):.1f} s",
         f"- training + evaluation + checkpoints: **{loop:.1f} s**; whole command (last "
-        f"session, data loading and outputs included): {timing.get('session_wall_s', 0.0):.1f} s;"
+        f"session, data loading and outputs included): {timing.get('wall_seconds', 0.0):.1f} s;"
         f" sessions: {timing.get('sessions', 1)}",
-        f"- load average (1, 5, 15 min) before: {load_before}; after: {load_after} "
-        "(the machine is shared: times are inflated when the load exceeds the CPU count)",
+        f"- load average (1, 5, 15 min) at the start: "
+        f"{_loads(timing.get('load_average_at_start'))}; at the end: "
+        f"{_loads(timing.get('load_average_at_end'))} (the machine is shared: times are "
+        "inflated when the load exceeds the CPU count)",
         "",
     ]
 
 
 def _paper_section(summary: dict[str, Any]) -> list[str]:
     """Each of the paper's Figure 1 claims, with this run's numbers and a yes/no."""
-    base, bn = summary["baseline"], summary["bn"]
-    gap = bn["final_test_accuracy"] - base["final_test_accuracy"]
-    needed = bn["steps_to_baseline_final"]
-    bp, np_ = base["percentiles"], bn["percentiles"]
-    stable = np_["median_range"] < bp["median_range"] and np_["spread_range"] < bp["spread_range"]
     return [
         "## Against the paper",
         "",
@@ -329,18 +355,7 @@ def _paper_section(summary: dict[str, Any]) -> list[str]:
         "95-96%; (b, c): without BN the percentiles drift in mean and spread, with BN they "
         "stay stable. Here:",
         "",
-        f"- final test accuracy: BN {_pct(bn['final_test_accuracy'])} (population "
-        f"statistics {_pct(bn['final_test_accuracy_population_stats'])}), baseline "
-        f"{_pct(base['final_test_accuracy'])}: BN ahead by {100 * gap:+.2f} points "
-        f"({'yes' if gap > 0 else 'no'});",
-        "- BN reaches the baseline's final accuracy sooner: "
-        + (f"yes, after {needed} of {summary['steps']} steps" if needed is not None
-           and needed < summary["steps"] else "no")
-        + ";",
-        f"- BN's sigmoid input more stable than the baseline's: {'yes' if stable else 'no'} "
-        f"(median range {np_['median_range']:.2f} with BN vs {bp['median_range']:.2f} "
-        f"without; range of the 15-85 spread {np_['spread_range']:.2f} vs "
-        f"{bp['spread_range']:.2f}; spread first -> final {np_['spread_first']:.2f} -> "
-        f"{np_['spread_final']:.2f} vs {bp['spread_first']:.2f} -> {bp['spread_final']:.2f}).",
+        *[f"- {claim}: {'yes' if held else 'no'} ({numbers})."
+          for claim, held, numbers in paper_claims(summary)],
         "",
     ]

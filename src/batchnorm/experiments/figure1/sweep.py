@@ -7,30 +7,26 @@ initial weights, on the same batches), on the first 50k training images, scores
 each on the last 10k (the validation split, never the test set), and picks the rate
 with the best mean validation accuracy over the last evaluations. The result goes
 to ``OUT/lr_sweep/`` (lr_sweep.json, lr_sweep.csv, lr_sweep.md); the winner was
-copied by hand into :data:`batchnorm.experiments._figure1_config.LR_SWEEP`.
+copied by hand into :data:`batchnorm.experiments.figure1.config.LR_SWEEP`.
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from batchnorm.experiments._figure1_config import SWEEP_CRITERION_POINTS, Figure1Config
-from batchnorm.experiments._figure1_report import metrics_csv
-from batchnorm.experiments._figure1_train import (
-    Arm,
-    BatchStream,
-    TrainingJob,
-    binarize,
-    make_models,
-    train,
+from batchnorm.experiments.figure1.config import (
+    SWEEP_CRITERION_POINTS,
+    Figure1Config,
+    SweepOptions,
 )
-from batchnorm.experiments._io import write_json, write_text
+from batchnorm.experiments.figure1.report import metrics_csv
+from batchnorm.experiments.figure1.train import Arm, make_job, make_model, run_job, sizes_of
+from batchnorm.experiments.runner import Session, print_summary, write_json, write_text
 
-__all__ = ["VALIDATION_SIZE", "run_sweep", "sweep_result"]
+__all__ = ["VALIDATION_SIZE", "run_sweep", "sweep_markdown", "sweep_result"]
 
 VALIDATION_SIZE = 10_000
 
@@ -39,13 +35,10 @@ def _name(lr: float) -> str:
     return f"lr={lr:g}"
 
 
-def run_sweep(config: Figure1Config, args, dataset, device, started: float, *,
-              stop_after: int | None = None) -> int:
-    from batchnorm.experiments import figure1
-    from batchnorm.experiments.figure1 import _Progress, seed_streams, sizes_of
-
-    out = Path(args.out) / "lr_sweep"
-    values = sorted(set(args.sweep_values))
+def run_sweep(config: Figure1Config, options: SweepOptions, session: Session, dataset: Any,
+              *, stop_after: int | None = None) -> int:
+    out = Path(session.options.out) / "lr_sweep"
+    values = sorted(set(options.sweep_values))
     total = int(dataset.train_images.shape[0])
     # A small (test) dataset keeps a sixth for validation instead of 10k of 60k.
     validation = VALIDATION_SIZE if total > 2 * VALIDATION_SIZE else total // 6
@@ -54,37 +47,14 @@ def run_sweep(config: Figure1Config, args, dataset, device, started: float, *,
     seed = config.seed  # one seed: the rates differ, the weights and batches do not
     # --lr and --seeds do not apply to the sweep; None keeps that visible in its records.
     settings = {**config.to_dict(), "lr": None, "seeds": None}
-    arms = [
-        Arm(_name(lr), seed,
-            make_models(seed_streams(seed)["init"], sizes=sizes, init_std=config.init_std,
-                        batch_norm=False, bn_layer=figure1.bn_layer_class(config.bn_layer),
-                        bn_kwargs={}, device=device),
-            lr)
-        for lr in values
-    ]
-    checkpoint = out / "checkpoint.pt"
-    if not args.resume:
-        checkpoint.unlink(missing_ok=True)
-    job = TrainingJob(
-        arms=arms,
-        streams={seed: BatchStream(train_x.shape[0], config.batch_size,
-                                   seed_streams(seed)["data"], device)},
-        train_x=binarize(train_x, config.binarize_threshold, device),
-        train_y=train_y.to(device),
-        eval_x=binarize(val_x, config.binarize_threshold, device),
-        eval_y=val_y.to(device),
-        steps=config.steps,
-        eval_every=config.eval_every,
-        checkpoint_every=config.checkpoint_every,
-        momentum=config.momentum,
-        unit=config.unit,
-        checkpoint_path=checkpoint,
-        fingerprint={"mode": "lr_sweep", **settings, "values": values,
-                     "sizes": list(sizes), "validation_images": validation},
-    )
-    with _Progress(config.steps, enabled=not args.no_progress) as progress:
-        train(job, resume=args.resume, stop_after=stop_after,
-              on_start=progress.start, on_eval=progress.eval)
+    arms = [Arm(_name(lr), seed, make_model(config, sizes, seed, batch_norm=False,
+                                            device=session.device), lr)
+            for lr in values]
+    fingerprint = {"mode": "lr_sweep", **settings, "values": values, "sizes": list(sizes),
+                   "validation_images": validation}
+    job = make_job(config, arms, (train_x, train_y), (val_x, val_y), out / "checkpoint.pt",
+                   fingerprint, session.device)
+    run_job(job, session, "lr sweep", stop_after=stop_after)
     result = sweep_result(job.rows, values)
     result.update({
         "arm": "baseline",
@@ -94,14 +64,16 @@ def run_sweep(config: Figure1Config, args, dataset, device, started: float, *,
         "train_images": int(train_x.shape[0]),
         "validation_images": validation,
         "settings": settings,
-        "timing": {**job.timings, "session_wall_s": time.perf_counter() - started},
+        "timing": {**job.timings, **session.metadata.finish()},
     })
     write_text(out / "lr_sweep.csv", metrics_csv(job.rows).replace("test_accuracy",
                                                                    "validation_accuracy"))
     write_json(out / "lr_sweep.json", result)
     write_text(out / "lr_sweep.md", sweep_markdown(result))
-    print(f"lr sweep: best learning rate for the baseline: {result['winner']:g} "
-          f"(results in {out})")
+    print_summary(f"figure1 lr sweep: {len(values)} rates, {config.steps} steps, in {out}",
+                  [f"best learning rate for the baseline: {result['winner']:g} (validation "
+                   f"accuracy {100 * result['validation_accuracy'][str(result['winner'])]:.2f}%)"],
+                  out / "lr_sweep.md")
     return 0
 
 

@@ -12,15 +12,15 @@ overhead, not arithmetic. Hence:
   d(sum)/d(loss_i) = 1 exactly), so one ``backward`` and one foreach SGD step serve all;
 * nothing leaves the device between evaluations (the running loss is a tensor).
 
-Checkpoints (atomic, at evaluation points) hold the models, the optimizer, every
-generator and permutation, the metrics so far and the timings, so that ``resume``
-continues with exactly the numbers an uninterrupted run gets (bit for bit on CPU).
+Checkpoints (atomic, at evaluation points, fingerprinted by the settings) hold the
+models, the optimizer, every generator and permutation, the metrics so far and the
+timings, so that a resumed run continues with exactly the numbers an uninterrupted
+run gets (bit for bit on CPU).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,26 +29,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from batchnorm.experiments._io import load_checkpoint, save_checkpoint
+from batchnorm import BatchNorm1d
+from batchnorm.experiments.figure1.config import SEEDS, Figure1Config
+from batchnorm.experiments.runner import (
+    CheckpointMismatchError,
+    Progress,
+    Session,
+    load_checkpoint,
+    resume_from,
+    save_checkpoint,
+)
 from batchnorm.models.mlp import MLP
 
 __all__ = [
     "Arm",
     "BatchStream",
-    "CheckpointMismatchError",
+    "PlainSGD",
     "SimulatedKillError",
     "TrainingJob",
     "binarize",
     "evaluate",
+    "make_job",
+    "make_model",
+    "run_job",
+    "sizes_of",
     "train",
 ]
 
 PERCENTILES = (0.15, 0.50, 0.85)
-_CHECKPOINT_FORMAT = 1
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint that cannot be resumed with these settings; the message says why."""
 
 
 class SimulatedKillError(RuntimeError):
@@ -107,6 +115,22 @@ class BatchStream:
         self.epoch = int(state["epoch"])
 
 
+def sizes_of(config: Figure1Config, dataset: Any) -> tuple[int, ...]:
+    """Layer widths: the dataset's pixels, the hidden layers, 10 classes."""
+    pixels = int(dataset.train_images[0].numel())
+    return (pixels, *config.hidden, 10)
+
+
+def make_model(config: Figure1Config, sizes: tuple[int, ...], seed: int, *, batch_norm: bool,
+               device: torch.device) -> MLP:
+    """The network of one arm; the same ``seed`` gives the same W with and without BN."""
+    bn_layer = BatchNorm1d if config.bn_layer == "batchnorm" else nn.BatchNorm1d
+    model = MLP(sizes, batch_norm=batch_norm, bn_layer=bn_layer,
+                bn_kwargs={"eps": config.eps, "momentum": config.bn_momentum},
+                init_std=config.init_std, generator=SEEDS.generator(seed, "init"))
+    return model.to(device)
+
+
 @dataclass
 class Arm:
     """One network being trained: its name (e.g. ``"bn"``), seed, model and learning rate."""
@@ -136,6 +160,31 @@ class TrainingJob:
     fingerprint: dict[str, Any]
     rows: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+
+
+def make_job(config: Figure1Config, arms: list[Arm], train_data: tuple[Tensor, Tensor],
+             eval_data: tuple[Tensor, Tensor], checkpoint: Path, fingerprint: dict[str, Any],
+             device: torch.device) -> TrainingJob:
+    """The job of ``arms`` on uint8 ``(images, labels)``: binarized, on ``device``, with one
+    batch stream per seed of the arms."""
+    (train_images, train_labels), (eval_images, eval_labels) = train_data, eval_data
+    streams = {seed: BatchStream(train_images.shape[0], config.batch_size, SEEDS(seed)["data"],
+                                 device) for seed in dict.fromkeys(arm.seed for arm in arms)}
+    return TrainingJob(
+        arms=arms,
+        streams=streams,
+        train_x=binarize(train_images, config.binarize_threshold, device),
+        train_y=train_labels.to(device),
+        eval_x=binarize(eval_images, config.binarize_threshold, device),
+        eval_y=eval_labels.to(device),
+        steps=config.steps,
+        eval_every=config.eval_every,
+        checkpoint_every=config.checkpoint_every,
+        momentum=config.momentum,
+        unit=config.unit,
+        checkpoint_path=checkpoint,
+        fingerprint=fingerprint,
+    )
 
 
 @torch.inference_mode()
@@ -211,8 +260,6 @@ def _optimizer(arms: list[Arm], momentum: float) -> PlainSGD:
 
 def _checkpoint_state(job: TrainingJob, optimizer, step: int, loss_sum: Tensor) -> dict:
     return {
-        "format": _CHECKPOINT_FORMAT,
-        "fingerprint": job.fingerprint,
         "step": step,
         "models": [arm.model.state_dict() for arm in job.arms],
         "optimizer": optimizer.state_dict(),
@@ -224,25 +271,8 @@ def _checkpoint_state(job: TrainingJob, optimizer, step: int, loss_sum: Tensor) 
     }
 
 
-def _describe_mismatch(saved: dict[str, Any], wanted: dict[str, Any]) -> str:
-    keys = sorted(set(saved) | set(wanted))
-    changed = [f"{key}: checkpoint {saved.get(key)!r}, now {wanted.get(key)!r}"
-               for key in keys if saved.get(key) != wanted.get(key)]
-    return "; ".join(changed)
-
-
-def load_into(job: TrainingJob, optimizer, state: dict[str, Any]) -> tuple[int, Tensor]:
+def _load_into(job: TrainingJob, optimizer, state: dict[str, Any]) -> tuple[int, Tensor]:
     """Restore ``state`` (a checkpoint) into the job; returns (step, running loss sum)."""
-    if state.get("format") != _CHECKPOINT_FORMAT:
-        raise CheckpointMismatchError(
-            f"{job.checkpoint_path}: unknown checkpoint format {state.get('format')!r}"
-        )
-    if state["fingerprint"] != job.fingerprint:
-        raise CheckpointMismatchError(
-            f"{job.checkpoint_path} was written by a run with other settings "
-            f"({_describe_mismatch(state['fingerprint'], job.fingerprint)}); resume with the "
-            "same flags, or choose another --out"
-        )
     for arm, model_state in zip(job.arms, state["models"], strict=True):
         arm.model.load_state_dict(model_state)
     optimizer.load_state_dict(state["optimizer"])
@@ -255,21 +285,31 @@ def load_into(job: TrainingJob, optimizer, state: dict[str, Any]) -> tuple[int, 
     return int(state["step"]), state["loss_sum"].to(device)
 
 
+def run_job(job: TrainingJob, session: Session, desc: str, *,
+            stop_after: int | None = None) -> TrainingJob:
+    """:func:`train` as the run's options say: from the checkpoint with ``--resume``
+    (a fresh run deletes it first), with a progress bar unless ``--no-progress``."""
+    resume = resume_from(job.checkpoint_path, session.options.resume)
+    if session.options.resume and not resume:
+        session.warn(f"no checkpoint {job.checkpoint_path}: starting from step 0")
+    with Progress(job.steps, desc, enabled=not session.options.no_progress) as progress:
+        return train(job, resume=resume, stop_after=stop_after, progress=progress)
+
+
 def train(
     job: TrainingJob,
     *,
     resume: bool = False,
     stop_after: int | None = None,
-    on_start: Callable[[int], None] | None = None,
-    on_eval: Callable[[int, list[dict[str, Any]]], None] | None = None,
+    progress: Progress | None = None,
 ) -> TrainingJob:
     """Train every arm of ``job`` for ``job.steps`` steps; returns ``job`` with its rows.
 
     ``job.rows`` gets one row per arm and evaluation: seed, arm, step, accuracy,
     train_loss (mean over the steps since the previous evaluation), p15, p50, p85.
+    ``resume``: continue from ``job.checkpoint_path`` (its fingerprint must match).
     ``stop_after``: raise :class:`SimulatedKillError` after that many steps of this call,
-    without writing anything (a kill). ``on_start(step)`` runs once with the step training
-    starts from, ``on_eval(step, new_rows)`` after each evaluation (the progress bar).
+    without writing anything (a kill).
     """
     for arm in job.arms:
         arm.model.train()
@@ -277,15 +317,15 @@ def train(
     device = job.train_x.device
     loss_sum = torch.zeros(len(job.arms), dtype=torch.float64, device=device)
     step = 0
-    job.timings.setdefault("train_s", 0.0)
-    job.timings.setdefault("eval_s", 0.0)
-    job.timings.setdefault("checkpoint_s", 0.0)
+    for key in ("train_s", "eval_s", "checkpoint_s"):
+        job.timings.setdefault(key, 0.0)
     job.timings.setdefault("sessions", 0)
-    if resume and job.checkpoint_path.exists():
-        step, loss_sum = load_into(job, optimizer, load_checkpoint(job.checkpoint_path))
+    if resume:
+        state = load_checkpoint(job.checkpoint_path, job.fingerprint)
+        step, loss_sum = _load_into(job, optimizer, state)
     job.timings["sessions"] += 1
-    if on_start is not None:
-        on_start(step)
+    progress = progress or Progress(job.steps, "", enabled=False)
+    progress.start(step)
     # Per seed: its stream and the arms that share its batches (arm order = loss order).
     groups = [
         (job.streams[seed], [arm.model for arm in job.arms if arm.seed == seed])
@@ -296,10 +336,10 @@ def train(
         chunk = min(job.eval_every - step % job.eval_every, job.steps - step)
         if stop_after is not None and session_steps + chunk > stop_after:
             _steps(groups, job.train_x, job.train_y, optimizer, loss_sum,
-                   stop_after - session_steps, device)
+                   stop_after - session_steps)
             raise SimulatedKillError(f"stopped after {stop_after} steps (at step {step})")
         started = time.perf_counter()
-        _steps(groups, job.train_x, job.train_y, optimizer, loss_sum, chunk, device)
+        _steps(groups, job.train_x, job.train_y, optimizer, loss_sum, chunk)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         job.timings["train_s"] += time.perf_counter() - started
@@ -312,16 +352,23 @@ def train(
         job.timings["eval_s"] += time.perf_counter() - started
         if step % job.checkpoint_every == 0 or step == job.steps:
             started = time.perf_counter()
-            save_checkpoint(job.checkpoint_path,
+            save_checkpoint(job.checkpoint_path, job.fingerprint,
                             _checkpoint_state(job, optimizer, step, loss_sum))
             job.timings["checkpoint_s"] += time.perf_counter() - started
-        if on_eval is not None:
-            on_eval(step, new_rows)
+        progress.advance_to(step, **_mean_accuracy(new_rows))
     return job
 
 
+def _mean_accuracy(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Per arm name, the latest test accuracy averaged over seeds (for the progress bar)."""
+    accuracy: dict[str, list[float]] = {}
+    for row in rows:
+        accuracy.setdefault(row["arm"], []).append(row["accuracy"])
+    return {arm: f"{sum(values) / len(values):.4f}" for arm, values in accuracy.items()}
+
+
 def _steps(groups, train_x: Tensor, train_y: Tensor, optimizer, loss_sum: Tensor,
-           count: int, device: torch.device) -> None:
+           count: int) -> None:
     """``count`` SGD steps of every arm; the hot loop, so no host work beyond the calls."""
     for _ in range(count):
         losses = []
@@ -347,20 +394,3 @@ def _evaluate_all(job: TrainingJob, step: int, mean_losses: Tensor) -> list[dict
                      "accuracy": result["accuracy"], "train_loss": loss,
                      "p15": result["p15"], "p50": result["p50"], "p85": result["p85"]})
     return rows
-
-
-def make_models(
-    seed: int,
-    *,
-    sizes: tuple[int, ...],
-    init_std: float,
-    batch_norm: bool,
-    bn_layer: type[nn.Module],
-    bn_kwargs: dict[str, Any],
-    device: torch.device,
-) -> MLP:
-    """The network of one arm; the same ``seed`` gives the same W with and without BN."""
-    generator = torch.Generator().manual_seed(seed)
-    model = MLP(sizes, batch_norm=batch_norm, bn_layer=bn_layer, bn_kwargs=bn_kwargs,
-                init_std=init_std, generator=generator)
-    return model.to(device)

@@ -1,0 +1,55 @@
+"""One invocation of an experiment: shared flags, device, threads, metadata, exit codes.
+
+:func:`run_experiment` is what an experiment's ``run(args)`` returns: it reads the shared
+:class:`~batchnorm.experiments.runner.options.RunOptions`, picks the device, sets the
+torch thread count for the run (and restores it), starts the :class:`RunMetadata`
+clock and turns the expected failures into one line on stderr and an exit code:
+2 for an :class:`ExperimentError` (bad settings, a refused resume), 1 for missing data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from batchnorm.experiments.runner.errors import ExperimentError
+from batchnorm.experiments.runner.metadata import RunMetadata
+from batchnorm.experiments.runner.options import RunOptions, resolve_device
+from batchnorm.experiments.runner.settings import from_args
+
+__all__ = ["Session", "run_experiment"]
+
+
+@dataclass
+class Session:
+    prog: str
+    options: RunOptions
+    device: torch.device
+    metadata: RunMetadata = field(default_factory=RunMetadata)
+
+    def warn(self, message: str) -> None:
+        print(f"{self.prog}: {message}", file=sys.stderr)
+
+
+def run_experiment(prog: str, args: argparse.Namespace, body: Callable[[Session], int]) -> int:
+    """``body(session)``'s exit code, or 2 / 1 with a one-line error (see the module doc)."""
+    from batchnorm.data import DataError
+
+    previous_threads = torch.get_num_threads()
+    try:
+        options = from_args(RunOptions, args)
+        session = Session(prog, options, resolve_device(options.device))
+        torch.set_num_threads(options.threads)
+        return int(body(session))
+    except ExperimentError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except DataError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        torch.set_num_threads(previous_threads)
