@@ -38,3 +38,42 @@ def test_console_entry_point_runs():
         capture_output=True, text=True, check=False,
     )
     assert result.returncode == 0 and "fetch" in result.stdout
+
+
+def _imported_after(*argv: str) -> set[str]:
+    """The batchnorm modules a fresh interpreter has imported after ``cli.main(argv)``."""
+    code = (
+        "import sys\n"
+        "from batchnorm import cli\n"
+        "try:\n"
+        f"    cli.main({list(argv)!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(' '.join(m for m in sys.modules if m.startswith('batchnorm.')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    return set(result.stdout.split())
+
+
+def test_subcommand_modules_are_imported_only_when_chosen():
+    modules = ("batchnorm.experiments.figure1", "batchnorm.experiments.inception",
+               "batchnorm.benchmark", "batchnorm.data._cli_fetch")
+    assert not set(modules) & _imported_after("--help")
+    assert not set(modules) & _imported_after("reproduce", "--help")
+    chosen = _imported_after("reproduce", "figure1", "--help")
+    assert "batchnorm.experiments.figure1" in chosen
+    assert not {"batchnorm.experiments.inception", "batchnorm.benchmark"} & chosen
+
+
+def test_python_dash_m_batchnorm_runs():
+    result = subprocess.run(
+        [sys.executable, "-m", "batchnorm", "reproduce", "figure1", "--help"],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("usage: batchnorm reproduce figure1")
+    assert "--preset" in result.stdout and "--resume" in result.stdout
+    bad = subprocess.run([sys.executable, "-m", "batchnorm", "reproduce", "figure1", "--steps",
+                          "0"], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "--steps" in bad.stderr

@@ -10,32 +10,37 @@ import pytest
 import torch
 from torch import nn
 
-from batchnorm.experiments import _inception_train as train_module
-from batchnorm.experiments._inception_data import batch_order, distort, synthetic_splits
-from batchnorm.experiments._inception_recipe import (
+from batchnorm.experiments import inception
+from batchnorm.experiments.inception import (
     ABLATIONS,
     BASE_LR,
     DISTORTIONS,
-    Preset,
+    PRESETS,
+    InceptionExperimentConfig,
     Recipe,
-    ablation_recipes,
-    ensemble_recipe,
-    variant_recipe,
-)
-from batchnorm.experiments._inception_report import average_probabilities, steps_to_reach
-from batchnorm.experiments._inception_train import (
     RunSpec,
+    Scale,
+    ablation_recipes,
+    average_probabilities,
+    batch_order,
     build_model,
     build_optimizer,
+    distort,
+    ensemble_recipe,
     evaluation_steps,
     learning_rate,
+    steps_to_reach,
+    synthetic_splits,
     train_run,
+    variant_recipe,
 )
+from batchnorm.experiments.inception import train as train_module
+from batchnorm.experiments.runner import CheckpointMismatchError
 from batchnorm.layers import BatchNorm1d, BatchNorm2d
 from batchnorm.models.inception import InceptionConfig, SmallInception, count_parameters
 
-TINY = Preset(width=0.25, steps=8, evaluations=4, eval_size=64, ensemble_members=0,
-              train_limit=512, final_eval_limit=128)
+TINY = Scale(width=0.25, steps=8, evaluations=4, eval_size=64, train_limit=512,
+             final_eval_limit=128)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -210,8 +215,6 @@ def test_evaluation_steps_at_least_fifty():
 
 
 def test_cli_overrides_every_recipe_flag():
-    from batchnorm.experiments import inception
-
     parser = argparse.ArgumentParser()
     inception.add_arguments(parser)
     args = parser.parse_args([
@@ -268,8 +271,8 @@ def test_resume_continues_exactly(tiny_splits, tmp_path, monkeypatch):
 
     real_save, calls = train_module.save_checkpoint, []
 
-    def interrupting_save(path, state):
-        real_save(path, state)
+    def interrupting_save(path, fingerprint, state):
+        real_save(path, fingerprint, state)
         calls.append(path)
         if len(calls) == 2:  # killed right after the second checkpoint
             raise KeyboardInterrupt
@@ -287,6 +290,55 @@ def test_resume_continues_exactly(tiny_splits, tmp_path, monkeypatch):
     # A finished run is not trained again.
     again = train_run(spec, tiny_splits, tmp_path / "b", resume=True, progress=False)
     assert again["history"] == resumed["history"]
+
+
+def test_resume_with_other_settings_is_refused(tiny_splits, tmp_path, monkeypatch):
+    spec = RunSpec("r", Recipe(batch_norm=True, dropout=0.2), TINY)
+    real_save = train_module.save_checkpoint
+
+    def interrupting_save(path, fingerprint, state):
+        real_save(path, fingerprint, state)
+        raise KeyboardInterrupt  # killed right after the first checkpoint
+
+    monkeypatch.setattr(train_module, "save_checkpoint", interrupting_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(spec, tiny_splits, tmp_path, progress=False)
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    changed = RunSpec("r", spec.recipe.replace(dropout=0.3), TINY)
+    refused = r"recipe\.dropout: checkpoint 0\.2, now 0\.3"
+    with pytest.raises(CheckpointMismatchError, match=refused):
+        train_run(changed, tiny_splits, tmp_path, resume=True, progress=False)
+    with pytest.raises(CheckpointMismatchError, match=r"seed"):
+        train_run(RunSpec("r", spec.recipe, TINY, seed=1), tiny_splits, tmp_path, resume=True,
+                  progress=False)
+
+
+def test_cli_resume_with_other_settings_exits_2(tmp_path, capsys):
+    from batchnorm.cli import main
+
+    flags = ["reproduce", "inception", "--dataset", "synthetic", "--preset", "quick",
+             "--variants", "inception", "--ensemble-members", "0", "--steps", "4",
+             "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(flags) == 0
+    out = capsys.readouterr().out
+    assert "max validation accuracy: inception" in out and "report.md" in out
+    assert main([*flags, "--resume"]) == 0  # same settings: the finished run is reused
+    capsys.readouterr()
+    assert main([*flags, "--resume", "--dropout", "0.1"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "recipe.dropout" in error and "--out" in error
+
+
+def test_presets_are_valid_and_flags_override_them():
+    for name, values in PRESETS.items():
+        assert InceptionExperimentConfig(**values).scale().steps > 0, name
+    parser = argparse.ArgumentParser()
+    inception.add_arguments(parser)
+    args = parser.parse_args(["--preset", "quick", "--steps", "7"])
+    specs = inception.plan_runs(args)
+    assert {spec.scale.steps for spec in specs} == {7}
+    assert {spec.scale.width for spec in specs} == {PRESETS["quick"]["width"]}
+    assert len(specs) == 7 + PRESETS["quick"]["ensemble_members"]
 
 
 @pytest.mark.slow

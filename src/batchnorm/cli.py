@@ -1,8 +1,10 @@
 """The ``batchnorm`` command.
 
-Each subcommand lives beside the code it drives and is imported only when used,
-so ``batchnorm --help`` stays fast and one broken experiment cannot break the rest.
-A subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int``.
+Each subcommand lives beside the code it drives and is imported only when it runs:
+``batchnorm --help`` and ``batchnorm reproduce --help`` import none of them, and
+``batchnorm reproduce figure1 ...`` imports only ``batchnorm.experiments.figure1``, so
+the command stays fast and one broken subcommand cannot break the rest. A subcommand
+module provides ``add_arguments(parser)`` and ``run(args) -> int``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,16 @@ _COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
 ]
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _chosen(argv: Sequence[str]) -> tuple[str, ...] | None:
+    """The command path ``argv`` starts with, if any."""
+    for path, _module, _help in _COMMANDS:
+        if tuple(argv[: len(path)]) == path:
+            return path
+    return None
+
+
+def _build_parser(chosen: tuple[str, ...] | None) -> argparse.ArgumentParser:
+    """Every command with its help; only the ``chosen`` one gets its module's flags."""
     parser = argparse.ArgumentParser(prog="batchnorm", description=__doc__.splitlines()[0])
     groups: dict[tuple[str, ...], argparse._SubParsersAction] = {
         (): parser.add_subparsers(dest="command", required=True)
@@ -41,9 +52,11 @@ def _build_parser() -> argparse.ArgumentParser:
                 )
         sub = groups[path[:-1]].add_parser(path[-1], help=help_text, description=help_text)
         sub.set_defaults(_module=module_name)
+        if path != chosen:
+            continue
         try:
             module = importlib.import_module(module_name)
-        except ImportError as error:  # a subcommand that is not built yet still shows in --help
+        except ImportError as error:  # reported by main, with the module's name
             sub.set_defaults(_import_error=error)
             continue
         module.add_arguments(sub)
@@ -51,7 +64,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _build_parser(_chosen(argv)).parse_args(argv)
     if getattr(args, "_import_error", None) is not None:
         print(f"batchnorm: cannot load {args._module}: {args._import_error}", file=sys.stderr)
         return 2

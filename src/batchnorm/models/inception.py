@@ -1,4 +1,4 @@
-"""A small Inception network for 28x28 grayscale images (PAPER.md section 8).
+"""A small Inception network for 28x28 grayscale images (docs/method.md section 8).
 
 The paper's variant of Inception (GoogLeNet) replaces every 5x5 convolution by two
 stacked 3x3 convolutions. Each Inception module here therefore concatenates four
@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from batchnorm.layers import BatchNorm1d, BatchNorm2d
+from batchnorm import BatchNorm1d, BatchNorm2d
+from batchnorm.activations import ACTIVATIONS, check_activation
 
 __all__ = [
     "MODULE_WIDTHS",
@@ -48,7 +49,8 @@ MODULE_WIDTHS: tuple[tuple[int, int, int, int, int, int], ...] = (
 )
 STEM_WIDTH = 24
 
-ACTIVATIONS = ("relu", "sigmoid")
+#: Activations of :data:`batchnorm.activations.ACTIVATIONS` this network cannot use, and why.
+UNSUPPORTED_ACTIVATIONS = {"identity": "without a nonlinearity the network is linear"}
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class InceptionConfig:
     """Everything that shapes the network; stored in each run's config.json."""
 
     batch_norm: bool = False
-    activation: str = "relu"  # "relu" or "sigmoid"
+    activation: str = "relu"  # of batchnorm.activations.ACTIVATIONS: "relu" or "sigmoid"
     lrn: bool = False  # Local Response Normalization after the stem, as in GoogLeNet
     dropout: float = 0.0  # before the classifier
     width: float = 1.0  # multiplies every channel count
@@ -68,8 +70,12 @@ class InceptionConfig:
     stem_width: int = STEM_WIDTH
 
     def __post_init__(self) -> None:
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        check_activation(self.activation, "InceptionConfig")
+        if self.activation in UNSUPPORTED_ACTIVATIONS:
+            supported = [name for name in ACTIVATIONS if name not in UNSUPPORTED_ACTIVATIONS]
+            raise ValueError(
+                f"InceptionConfig: activation {self.activation!r} is not supported "
+                f"({UNSUPPORTED_ACTIVATIONS[self.activation]}); use one of {supported}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.width <= 0:
@@ -84,6 +90,7 @@ def _scaled(channels: int, width: float) -> int:
 
 
 def _nonlinearity(name: str) -> nn.Module:
+    """The module of a supported activation name (see :class:`InceptionConfig`)."""
     return nn.ReLU(inplace=True) if name == "relu" else nn.Sigmoid()
 
 

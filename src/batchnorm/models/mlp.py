@@ -1,4 +1,4 @@
-"""The fully connected network of the paper's MNIST experiment (PAPER.md section 7).
+"""The fully connected network of the paper's MNIST experiment (docs/method.md section 7).
 
 Without BN every layer is ``y = g(Wu + b)``; with BN every hidden layer is
 ``y = g(BN(Wu))``: BN sits immediately before the nonlinearity and the bias is
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from batchnorm.layers import BatchNorm1d
+from batchnorm import BatchNorm1d
 
 __all__ = ["MLP", "PAPER_SIZES", "gaussian_init_"]
 

@@ -33,7 +33,7 @@ from batchnorm.experiments.figure1.train import (
 )
 from batchnorm.experiments.runner import (
     Session,
-    command_line,
+    flags_of,
     print_summary,
     write_json,
     write_text,
@@ -82,16 +82,9 @@ def config_document(config: Figure1Config, args: argparse.Namespace, session: Se
         "sizes": list(sizes),
         "choices": CHOICES,
         "lr_sweep": LR_SWEEP,
-        # Where and how this session ran (not part of what must match to resume).
-        "runtime": {
-            **session.metadata.environment(),
-            "device": str(session.device),
-            "dataset_source": getattr(dataset, "source", "injected"),
-            "command": command_line("reproduce", "figure1"),
-        },
-        # Every flag as used (runtime ones included), so the command can be rebuilt.
-        "flags": {key: value for key, value in sorted(vars(args).items())
-                  if not key.startswith("_")},
+        "runtime": {**session.runtime(),
+                    "dataset_source": getattr(dataset, "source", "injected")},
+        "flags": flags_of(args),
     }
 
 

@@ -24,7 +24,7 @@ from batchnorm.experiments.runner.checkpoints import (
 )
 from batchnorm.experiments.runner.errors import ConfigError, ExperimentError
 from batchnorm.experiments.runner.folder import load_tensors, save_tensors, write_json, write_text
-from batchnorm.experiments.runner.metadata import RunMetadata, command_line
+from batchnorm.experiments.runner.metadata import RunMetadata, command_line, flags_of
 from batchnorm.experiments.runner.options import RunOptions, resolve_device
 from batchnorm.experiments.runner.progress import Progress
 from batchnorm.experiments.runner.seeds import SeedStreams, indexed_generator, indexed_seed
@@ -59,6 +59,7 @@ __all__ = [
     "check_fingerprint",
     "comma_separated",
     "command_line",
+    "flags_of",
     "from_args",
     "indexed_generator",
     "indexed_seed",

@@ -67,7 +67,19 @@ def resume_from(path: Path, resume: bool) -> bool:
 def _changes(saved: Any, wanted: dict[str, Any]) -> str:
     if not isinstance(saved, dict):
         return "it records no settings"
+    old, new = _flat(saved), _flat(wanted)
     return "; ".join(
-        f"{key}: checkpoint {saved.get(key)!r}, now {wanted.get(key)!r}"
-        for key in sorted(set(saved) | set(wanted)) if saved.get(key) != wanted.get(key)
+        f"{key}: checkpoint {old.get(key)!r}, now {new.get(key)!r}"
+        for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)
     )
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as one level with dotted names: ``{"recipe.lr": 0.1, ...}``."""
+    flat: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import sys
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["RunMetadata", "command_line"]
+__all__ = ["RunMetadata", "command_line", "flags_of"]
 
 
 def _load_average() -> list[float] | None:
@@ -52,3 +53,8 @@ def command_line(*subcommand: str) -> str | None:
     if sys.argv[1 : 1 + len(subcommand)] != list(subcommand):
         return None
     return " ".join(["batchnorm", *sys.argv[1:]])
+
+
+def flags_of(args: argparse.Namespace) -> dict[str, Any]:
+    """Every flag as used (runtime ones included), so that the command can be rebuilt."""
+    return {key: value for key, value in sorted(vars(args).items()) if not key.startswith("_")}

@@ -13,11 +13,12 @@ import argparse
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from batchnorm.experiments.runner.errors import ExperimentError
-from batchnorm.experiments.runner.metadata import RunMetadata
+from batchnorm.experiments.runner.metadata import RunMetadata, command_line
 from batchnorm.experiments.runner.options import RunOptions, resolve_device
 from batchnorm.experiments.runner.settings import from_args
 
@@ -33,6 +34,11 @@ class Session:
 
     def warn(self, message: str) -> None:
         print(f"{self.prog}: {message}", file=sys.stderr)
+
+    def runtime(self) -> dict[str, Any]:
+        """Where and how this session runs (never part of what must match to resume)."""
+        return {**self.metadata.environment(), "device": str(self.device),
+                "command": command_line(*self.prog.split()[1:])}
 
 
 def run_experiment(prog: str, args: argparse.Namespace, body: Callable[[Session], int]) -> int:

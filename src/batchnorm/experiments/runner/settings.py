@@ -111,6 +111,7 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: ty
               *, defaults: Mapping[str, Any] | None = None) -> None:
     """One flag per field of the dataclass ``cls``; ``defaults`` replace field defaults."""
     hints = typing.get_type_hints(cls)
+    parser.set_defaults(**{_GIVEN: frozenset()})  # then none given: the preset applies
     for field in dataclasses.fields(cls):
         if not field.metadata.get("flag", True):
             continue

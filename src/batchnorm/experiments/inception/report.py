@@ -13,12 +13,13 @@ from typing import Any
 
 import torch
 
-from batchnorm.experiments._inception_recipe import CONTROLS, PAPER_FIGURE3, VARIANTS
-from batchnorm.experiments._io import load_checkpoint, save_figure, write_json, write_text
+from batchnorm.experiments.inception.recipe import CONTROLS, PAPER_FIGURE3, VARIANTS
+from batchnorm.experiments.runner import load_tensors, write_json, write_text
 
 __all__ = [
     "average_probabilities",
     "figure3_rows",
+    "headline",
     "load_results",
     "steps_to_reach",
     "write_outputs",
@@ -80,8 +81,8 @@ def _ensemble(run_dir: Path, results: dict[str, dict[str, Any]]) -> dict[str, An
     members = [m for m in members if not results[m]["diverged"]]
     if not members:
         return None
-    labels = load_checkpoint(run_dir / "results" / "labels.pt")
-    probabilities = {m: load_checkpoint(run_dir / "results" / f"{m}.pt") for m in members}
+    labels = load_tensors(run_dir / "results" / "labels.pt")
+    probabilities = {m: load_tensors(run_dir / "results" / f"{m}.pt") for m in members}
     test = average_probabilities([probabilities[m]["test"] for m in members])
     val = average_probabilities([probabilities[m]["val"] for m in members])
     best = max(members, key=lambda m: results[m]["final_val_accuracy"])  # chosen on validation
@@ -135,33 +136,6 @@ def _write_metrics(run_dir: Path, results: dict[str, dict[str, Any]]) -> None:
             lines.append(f"{name},{h['step']},{h['val_accuracy']:.6f},{h['train_loss']:.6f},"
                          f"{h['lr']:.6g}")
     write_text(run_dir / "metrics.csv", "\n".join(lines) + "\n")
-
-
-def _write_figure(run_dir: Path, results: dict[str, dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(8, 5))
-    for name in (*VARIANTS, *CONTROLS):
-        if name not in results:
-            continue
-        history = results[name]["history"]
-        style = "--" if name in CONTROLS else "-"
-        label = name + (" (diverged)" if results[name]["diverged"] else "")
-        axis.plot([h["step"] for h in history], [h["val_accuracy"] for h in history], style,
-                  label=label)
-    if "inception" in results and results["inception"]["max_accuracy"] is not None:
-        axis.axhline(results["inception"]["max_accuracy"], color="gray", lw=0.8, ls=":")
-    axis.set_xlabel("training steps (mini-batches of 32)")
-    axis.set_ylabel("validation accuracy (single crop)")
-    axis.set_title("Figure 2 at small scale: Inception variants")
-    axis.set_ylim(0, 1)
-    axis.grid(alpha=0.3)
-    axis.legend(loc="lower right", fontsize=8)
-    save_figure(run_dir / "figure2.png", figure, dpi=120, bbox_inches="tight")
-    plt.close(figure)
 
 
 _NOTES = """Choices the paper leaves open (all flags; values in the JSON below):
@@ -245,10 +219,11 @@ def _render(config: dict[str, Any], rows: list[dict[str, Any]], ensemble: dict[s
     seconds = sum(r.get("seconds", 0.0) for r in results.values())
     out += ["## Choices and conditions", ""]
     for name, value in config.items():  # config.json, config-ablation.json, config-sweep.json
-        wall = value.get("wall_seconds")
+        run = value.get("run", {})
+        wall = run.get("wall_seconds")
         out += [f"`{name}` (wall time {'-' if wall is None else f'{wall / 60:.1f} min'}, "
-                f"load average at start {value.get('load_average_at_start')}, at end "
-                f"{value.get('load_average_at_end')}):", "", "```json",
+                f"load average at start {run.get('load_average_at_start')}, at end "
+                f"{run.get('load_average_at_end')}):", "", "```json",
                 json.dumps(value, indent=1), "```", ""]
     out += [
             f"Training wall time, summed over runs: {seconds / 60:.1f} min. "
@@ -283,6 +258,36 @@ def write_outputs(run_dir: Path) -> dict[str, Any]:
     write_json(run_dir / "summary.json", summary)
     _write_metrics(run_dir, results)
     if rows:
-        _write_figure(run_dir, results)
+        from batchnorm.experiments.inception.plots import save_figure2  # matplotlib: when used
+
+        save_figure2(run_dir / "figure2.png", results)
     write_text(run_dir / "report.md", _render(config, rows, ensemble, ablation, sweep, results))
     return summary
+
+
+def headline(summary: dict[str, Any]) -> list[str]:
+    """The numbers a run ends with on stdout: one line per kind of result that exists."""
+    lines = []
+    variants = summary["variants"]
+    if variants:
+        lines.append("max validation accuracy: " + ", ".join(
+            f"{name} {_pct(row['max_accuracy'])}" + (" (diverged)" if row["diverged"] else "")
+            for name, row in variants.items()))
+        faster = [f"{name} {row['speedup_vs_inception']:.1f}x"
+                  for name, row in variants.items()
+                  if name != "inception" and row["speedup_vs_inception"] is not None]
+        lines.append("speed-up to inception's max: " + (", ".join(faster) or "none reached it"))
+    if summary["ensemble"]:
+        ensemble = summary["ensemble"]
+        lines.append(f"ensemble of {len(ensemble['members'])}: test accuracy "
+                     f"{_pct(ensemble['ensemble_test_accuracy'])} (best member "
+                     f"{_pct(ensemble['best_member_test_accuracy'])})")
+    if summary["ablation"]:
+        lines.append("ablation, change of max accuracy vs bn-x5: " + ", ".join(
+            f"{row['name']} {100 * row['delta_max_vs_bn_x5']:+.2f}"
+            for row in summary["ablation"] if row["delta_max_vs_bn_x5"] is not None))
+    if summary["lr_sweep"]:
+        best = max(summary["lr_sweep"], key=lambda row: row["max_accuracy"] or 0.0)
+        lines.append(f"best base lr for inception: {best['lr']:g} (max validation accuracy "
+                     f"{_pct(best['max_accuracy'])})")
+    return lines

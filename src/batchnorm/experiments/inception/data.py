@@ -1,7 +1,8 @@
 """Data for the Inception experiment: splits, the two shuffling schemes, distortions.
 
-Everything random here is a pure function of (seed, epoch) or (seed, step), so a
-resumed run sees exactly the batches and distortions an uninterrupted one would.
+Everything random here is a pure function of (seed, epoch) or (seed, step)
+(:func:`batchnorm.experiments.runner.indexed_seed`), so a resumed run sees exactly the
+batches and distortions an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from batchnorm.experiments._inception_recipe import Distortion
+from batchnorm.experiments.inception.recipe import Distortion
+from batchnorm.experiments.runner import indexed_generator
 
 __all__ = [
     "Splits",
@@ -33,6 +35,7 @@ class Splits:
     test_x: Tensor
     test_y: Tensor
     source: str
+    name: str = "unknown"  # the dataset's name (part of every run's fingerprint)
     mean: float = 0.0
     std: float = 1.0
 
@@ -48,7 +51,7 @@ class Splits:
         return Splits(
             self.train_x[:train_limit], self.train_y[:train_limit], self.val_x[:eval_limit],
             self.val_y[:eval_limit], self.test_x[:eval_limit], self.test_y[:eval_limit],
-            self.source,
+            self.source, self.name,
         )
 
 
@@ -69,21 +72,22 @@ def synthetic_splits(
         images = (0.6 * prototypes[labels] + 0.4 * noise).mul(255).round().to(torch.uint8)
         return images, labels
 
-    return Splits(*make(train), *make(val), *make(test), source="synthetic")
+    return Splits(*make(train), *make(val), *make(test), source="synthetic", name="synthetic")
 
 
-def load_splits(name: str, data_dir: str | None = None, validation_size: int = 10000) -> Splits:
+def load_splits(name: str, data_dir: str | None = None, validation_size: int = 10000,
+                progress: bool = True) -> Splits:
     """The dataset ``name`` split as the paper does: validation held out of train."""
     if name == "synthetic":
         return synthetic_splits()
-    from batchnorm.data import load_dataset  # imported late: owned by the data package
+    from batchnorm.data import load_dataset
 
-    dataset = load_dataset(name, data_dir=data_dir, download=True, progress=True)
+    dataset = load_dataset(name, data_dir=data_dir, download=True, progress=progress)
     train_x, train_y, val_x, val_y = dataset.split(validation_size=validation_size)
     return Splits(
         torch.as_tensor(train_x), torch.as_tensor(train_y), torch.as_tensor(val_x),
         torch.as_tensor(val_y), torch.as_tensor(dataset.test_images),
-        torch.as_tensor(dataset.test_labels), source=str(dataset.source),
+        torch.as_tensor(dataset.test_labels), source=str(dataset.source), name=name,
     )
 
 
@@ -97,7 +101,7 @@ def batch_order(
     in a random order and shuffles only inside each one, so a batch never mixes shards
     (the paper's less thorough baseline shuffling). Incomplete batches are dropped.
     """
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = indexed_generator(seed, epoch)
     if shuffle == "full":
         order = torch.randperm(num_examples, generator=generator)
         usable = num_examples // batch_size * batch_size

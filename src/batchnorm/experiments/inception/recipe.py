@@ -1,4 +1,4 @@
-"""The training recipe of PAPER.md section 8 and its variants, as plain data.
+"""The training recipe of docs/method.md section 8 and its variants, as plain data.
 
 A :class:`Recipe` holds every knob of the paper's "accelerating BN networks" list
 (section 4.2.1) as a field, so that a variant is the baseline recipe plus a few
@@ -33,10 +33,8 @@ __all__ = [
     "DISTORTIONS",
     "LR_SWEEP",
     "PAPER_FIGURE3",
-    "PRESETS",
     "VARIANTS",
     "Distortion",
-    "Preset",
     "Recipe",
     "ablation_recipes",
     "ensemble_recipe",
@@ -68,7 +66,7 @@ DISTORTIONS: dict[str, Distortion] = {
 
 @dataclass(frozen=True)
 class Recipe:
-    """One training run's hyper-parameters (network shape excluded: see Preset)."""
+    """One training run's hyper-parameters (network size excluded: see config.Scale)."""
 
     batch_norm: bool = False
     activation: str = "relu"
@@ -120,7 +118,7 @@ ABLATIONS: dict[str, dict[str, object]] = {
 VARIANTS = ("inception", "bn-baseline", "bn-x5", "bn-x30", "bn-x5-sigmoid")
 CONTROLS = ("inception-x5", "inception-sigmoid")
 
-# PAPER.md section 8 (Figure 3): steps to 72.2% and max top-1 on ImageNet.
+# docs/method.md section 8 (Figure 3): steps to 72.2% and max top-1 on ImageNet.
 PAPER_FIGURE3: dict[str, tuple[float | None, float]] = {
     "inception": (31.0e6, 72.2),
     "bn-baseline": (13.3e6, 72.7),
@@ -161,30 +159,3 @@ def ablation_recipes(base_lr: float = BASE_LR) -> dict[str, Recipe]:
         changes = {key: (base_lr if value is None else value) for key, value in undo.items()}
         recipes[name] = reference.replace(**changes)
     return recipes
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Scale of a run: network width, steps, evaluation set size, ensemble size."""
-
-    width: float
-    steps: int
-    evaluations: int  # validation evaluations per run (>= 50, as the issue asks)
-    eval_size: int  # validation images per evaluation (the final one uses all)
-    ensemble_members: int
-    train_limit: int | None = None  # use only the first N training images (quick)
-    final_eval_limit: int | None = None  # final val/test evaluation on the first N (quick)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-PRESETS: dict[str, Preset] = {
-    # CI smoke test: a few minutes on 2 loaded cores, the whole pipeline end to end.
-    "quick": Preset(width=0.25, steps=100, evaluations=50, eval_size=256, ensemble_members=2,
-                    train_limit=4096, final_eval_limit=1000),
-    # Seven variants + three ensemble members in about 40 minutes on 2 CPU cores.
-    "default": Preset(width=0.5, steps=2000, evaluations=50, eval_size=1000, ensemble_members=3),
-    # A GPU: full width, ~13 epochs, the whole validation split at every evaluation.
-    "gpu": Preset(width=2.0, steps=20000, evaluations=100, eval_size=10000, ensemble_members=6),
-}
