@@ -554,7 +554,7 @@ class StackedSGD:
                 torch._foreach_mul_(self.buffers, self.momentum)
                 torch._foreach_add_(self.buffers, grads)
             grads = self.buffers
-        torch._foreach_add_(self.params, torch._foreach_mul(grads, self._negative))
+        torch._foreach_addcmul_(self.params, grads, self._negative)  # p + d * (-lr), one pass
 
     def state_dict(self) -> dict[str, Any]:
         return {"lrs": self.lrs.clone(), "momentum": self.momentum,
