@@ -166,6 +166,9 @@ def test_from_mlps_and_to_mlp_round_trip_exactly(batch_norm):
     assert double.output_weight.dtype == torch.float64
     with pytest.raises(ValueError, match="differs from network 0"):
         StackedMLP.from_mlps([mlps[0], MLP(SIZES, batch_norm=not batch_norm)])
+    if batch_norm:
+        with pytest.raises(ValueError, match="different numbers of batches"):
+            StackedMLP.from_mlps([mlps[0], MLP(SIZES, batch_norm=True)])
 
 
 def test_forward_with_preactivations_matches_mlp_and_returns_xhat():

@@ -282,6 +282,14 @@ class StackedMLP(nn.Module):
                     f"StackedMLP.from_mlps: network {k} ({signature}) differs from network 0 "
                     f"({_describe(first)})"
                 )
+        if with_bn:
+            counts = {tuple(int(m.get_submodule(f"linear{i}_bn").num_batches_tracked)
+                            for i in range(1, len(first.sizes) - 1)) for m in mlps}
+            if len(counts) > 1:
+                raise ValueError(
+                    "StackedMLP.from_mlps: the networks' BN layers tracked different numbers "
+                    f"of batches {sorted(counts)}; a stack keeps one count per layer"
+                )
         reference = first.output.weight
         with torch.random.fork_rng(devices=[]):  # the placeholder init must not move the RNG
             stack = cls(len(mlps), first.sizes, batch_norm=with_bn, init_std=1.0,
