@@ -162,13 +162,13 @@ def test_from_mlps_and_to_mlp_round_trip_exactly(batch_norm):
     original = stack.state_dict()
     assert again.state_dict().keys() == original.keys()
     assert all(torch.equal(again.state_dict()[key], original[key]) for key in original)
-    double = StackedMLP.from_mlps([m.double() for m in mlps])
-    assert double.output_weight.dtype == torch.float64
-    with pytest.raises(ValueError, match="differs from network 0"):
-        StackedMLP.from_mlps([mlps[0], MLP(SIZES, batch_norm=not batch_norm)])
     if batch_norm:
         with pytest.raises(ValueError, match="different numbers of batches"):
             StackedMLP.from_mlps([mlps[0], MLP(SIZES, batch_norm=True)])
+    double = StackedMLP.from_mlps([m.double() for m in mlps])
+    assert double.output_weight.dtype == torch.float64
+    with pytest.raises(ValueError, match="differs from network 0"):
+        StackedMLP.from_mlps([mlps[0], MLP(SIZES, batch_norm=not batch_norm).double()])
 
 
 def test_forward_with_preactivations_matches_mlp_and_returns_xhat():
