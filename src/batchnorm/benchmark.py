@@ -162,10 +162,11 @@ def _kernel_candidates(x, mode: str, backends: list[str]):
     """name -> zero-argument callable running one BN call of ``mode``."""
     import torch
 
+    from batchnorm.backends import compute_dtype
     from batchnorm.functional import batch_norm
 
     c = x.shape[1]
-    param_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    param_dtype = compute_dtype(x.dtype)
     weight = torch.rand(c, device=x.device, dtype=param_dtype)
     bias = torch.rand(c, device=x.device, dtype=param_dtype)
     training = mode != "eval_fwd"

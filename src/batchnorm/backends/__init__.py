@@ -20,6 +20,7 @@ activations and the kernels' math (:mod:`._math`), never the layers or
 from __future__ import annotations
 
 from batchnorm.backends import auto, compiled, hybrid, native, reference, triton
+from batchnorm.backends._math import compute_dtype
 from batchnorm.backends.registry import AUTO, Backend, get, names, register
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Backend",
     "auto",
     "compiled",
+    "compute_dtype",
     "get",
     "hybrid",
     "names",
