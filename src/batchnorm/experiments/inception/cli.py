@@ -20,11 +20,7 @@ from batchnorm.experiments.inception.config import (
     RecipeOverrides,
 )
 from batchnorm.experiments.inception.data import Splits, load_splits
-from batchnorm.experiments.inception.recipe import (
-    ablation_recipes,
-    ensemble_recipe,
-    variant_recipe,
-)
+from batchnorm.experiments.inception.recipe import ablation_recipes, variant_recipe
 from batchnorm.experiments.inception.report import headline, write_outputs
 from batchnorm.experiments.inception.train import RunSpec, run_fingerprint, train_run
 from batchnorm.experiments.runner import (
@@ -82,10 +78,7 @@ def plan(config: InceptionExperimentConfig, overrides: RecipeOverrides,
     for name in config.variants:
         recipe = variant_recipe(name, base_lr).replace(**changes)
         specs += [RunSpec(name if seed == 0 else f"{name}@s{seed}", recipe, scale, seed)
-                  for seed in range(config.seeds)]
-    member = ensemble_recipe(base_lr).replace(**changes)
-    specs += [RunSpec(f"ensemble-{index}", member, scale, seed=100 + index)
-              for index in range(config.ensemble_members)]
+                  for seed in range(config.seeds_of(name))]
     return specs
 
 
@@ -149,6 +142,7 @@ def _document(args: argparse.Namespace, session: Session, config: InceptionExper
         "experiment": "inception",
         "mode": modes.mode,
         "settings": config.to_dict(),
+        "target_accuracy": config.target_accuracy(),
         "recipe_overrides": overrides.changes(),
         "data": {"dataset": config.dataset, "source": splits.source,
                  "train_images": len(splits.train_x), "val_images": len(splits.val_x),
@@ -156,7 +150,8 @@ def _document(args: argparse.Namespace, session: Session, config: InceptionExper
                  "normalization": {"mean": splits.mean, "std": splits.std}},
         "evaluation": "single crop, validation = last 10k of train (eval-mode BN with running "
                       "statistics); curve on the first eval_size validation images, final "
-                      "numbers on the whole validation split and the test set",
+                      "numbers (final weights, never a maximum) on the whole validation split "
+                      "and the test set",
         "runs": {spec.name: {"seed": spec.seed, **spec.recipe.to_dict()} for spec in specs},
         "runtime": {**session.runtime(), "jobs": modes.jobs,
                     "channels_last": modes.channels_last},

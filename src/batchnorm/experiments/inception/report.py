@@ -1,8 +1,9 @@
 """Turn run results into figure2.png, summary.json, metrics.csv and report.md.
 
-Everything is recomputed from ``results/*.json`` (and the ensemble's probability
-files), so the main run, the ensemble, the sweep and the ablation can be run at
-different times into one folder and the report always shows all that exists.
+Everything is recomputed from ``results/*.json`` (and the runs' probability files),
+so the main runs, the sweep and the ablation can be run at different times into one
+folder and the report always shows all that exists. The numbers and verdict rules
+are in :mod:`.analysis`.
 """
 
 from __future__ import annotations
@@ -13,12 +14,21 @@ from typing import Any
 
 import torch
 
-from batchnorm.experiments.inception.recipe import CONTROLS, PAPER_FIGURE3, VARIANTS
+from batchnorm.experiments.inception.analysis import (
+    PLATEAU_GAIN,
+    PLATEAU_WINDOW,
+    best_recipe,
+    group_seeds,
+    judge,
+    run_numbers,
+    seed_spread,
+    steps_to_reach,
+)
+from batchnorm.experiments.inception.recipe import CONTROLS, MAIN, PAPER_FIGURE3, VARIANTS
 from batchnorm.experiments.runner import load_tensors, write_json, write_text
 
 __all__ = [
     "average_probabilities",
-    "figure3_rows",
     "headline",
     "load_results",
     "steps_to_reach",
@@ -34,97 +44,80 @@ def load_results(run_dir: Path) -> dict[str, dict[str, Any]]:
     return results
 
 
-def steps_to_reach(history: list[dict[str, Any]], target: float) -> int | None:
-    """First evaluated step whose validation accuracy is at least ``target``."""
-    for point in history:
-        if point["val_accuracy"] >= target:  # NaN (diverged) compares False
-            return int(point["step"])
-    return None
-
-
 def average_probabilities(probabilities: list[torch.Tensor]) -> torch.Tensor:
     """The ensemble's prediction: the mean of the members' class probabilities
     (not of their logits: section 9 averages probabilities)."""
     return torch.stack(probabilities).mean(dim=0)
 
 
-def figure3_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per variant: max accuracy, steps to reach ``inception``'s max, speed-up, divergence."""
-    baseline = results.get("inception")
-    target = baseline["max_accuracy"] if baseline else None
-    base_steps = steps_to_reach(baseline["history"], target) if baseline and target else None
-    rows = []
-    for name in (*VARIANTS, *CONTROLS):
-        if name not in results:
-            continue
-        result = results[name]
-        steps = steps_to_reach(result["history"], target) if target is not None else None
-        rows.append({
-            "name": name,
-            "max_accuracy": result["max_accuracy"],
-            "steps_to_inception_max": steps,
-            "speedup_vs_inception": (base_steps / steps) if steps and base_steps else None,
-            "diverged": bool(result["diverged"]),
-            "diverged_at_step": result.get("diverged_at_step"),
-            "test_accuracy": result.get("test_accuracy"),
-            "final_val_accuracy": result.get("final_val_accuracy"),
-            # Extra seeds (--seeds K) are runs named "<variant>@s<k>".
-            "max_accuracy_all_seeds": [result["max_accuracy"]] + [
-                results[other]["max_accuracy"] for other in sorted(results)
-                if other.startswith(f"{name}@s")],
-        })
-    return rows
+def _accuracy(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((probabilities.argmax(1) == labels).float().mean())
 
 
-def _ensemble(run_dir: Path, results: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    members = sorted(name for name in results if name.startswith("ensemble-"))
-    members = [m for m in members if not results[m]["diverged"]]
-    if not members:
+def _variant_numbers(results: dict[str, dict[str, Any]], target: float
+                     ) -> dict[str, list[dict[str, Any]]]:
+    """Recipe -> per-seed run numbers, for the variants and controls (not sweep/ablation)."""
+    groups = group_seeds([n for n in results if not n.startswith(("sweep-", "ablation-"))])
+    baseline = [results[n] for n in groups.get("inception", []) if not results[n]["diverged"]]
+    finals = [r["last_curve_accuracy"] for r in baseline if r.get("last_curve_accuracy")]
+    baseline_final = sum(finals) / len(finals) if finals else None
+    return {variant: [run_numbers(results[n], target, baseline_final) for n in names]
+            for variant, names in groups.items() if variant in (*VARIANTS, *CONTROLS)}
+
+
+def ensemble_of_best(run_dir: Path, results: dict[str, dict[str, Any]],
+                     per_variant: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """Section 9 at our scale: the seeds of the best main recipe (highest mean final
+    validation accuracy), their class probabilities averaged, against each member."""
+    best = best_recipe(per_variant, MAIN)
+    if best is None:
+        return None
+    members = [r["name"] for r in per_variant[best]]
+    files = [run_dir / "results" / f"{m}.pt" for m in members]
+    if not all(f.exists() for f in files):
         return None
     labels = load_tensors(run_dir / "results" / "labels.pt")
-    probabilities = {m: load_tensors(run_dir / "results" / f"{m}.pt") for m in members}
-    test = average_probabilities([probabilities[m]["test"] for m in members])
-    val = average_probabilities([probabilities[m]["val"] for m in members])
-    best = max(members, key=lambda m: results[m]["final_val_accuracy"])  # chosen on validation
-    return {
-        "members": members,
-        "ensemble_test_accuracy": float((test.argmax(1) == labels["test"]).float().mean()),
-        "ensemble_val_accuracy": float((val.argmax(1) == labels["val"]).float().mean()),
-        "best_member": best,
-        "best_member_test_accuracy": results[best]["test_accuracy"],
-        "best_member_val_accuracy": results[best]["final_val_accuracy"],
-        "member_test_accuracies": {m: results[m]["test_accuracy"] for m in members},
-    }
+    probabilities = [load_tensors(f) for f in files]
+    ensemble = {split: _accuracy(average_probabilities([p[split] for p in probabilities]),
+                                 labels[split]) for split in ("val", "test")}
+    member_rows = {m: {"val": results[m]["final_val_accuracy"],
+                       "test": results[m]["test_accuracy"]} for m in members}
+    mean_member_test = sum(row["test"] for row in member_rows.values()) / len(members)
+    return {"recipe": best, "members": members, "val_accuracy": ensemble["val"],
+            "test_accuracy": ensemble["test"], "member_accuracies": member_rows,
+            "gain_over_mean_member_test": ensemble["test"] - mean_member_test,
+            "gain_over_best_member_test": ensemble["test"] - max(
+                row["test"] for row in member_rows.values())}
 
 
-def _ablation(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    reference = results.get("ablation-bn-x5") or results.get("bn-x5")
-    target = results["inception"]["max_accuracy"] if "inception" in results else None
+def _ablation(results: dict[str, dict[str, Any]], per_variant: dict[str, list[dict[str, Any]]]
+              ) -> dict[str, Any] | None:
+    """Each undone change against bn-x5 (seed 0), called an effect only where the change of
+    final validation accuracy exceeds bn-x5's own seed-to-seed range."""
     names = sorted(n for n in results if n.startswith("ablation-undo-"))
+    reference = results.get("ablation-bn-x5") or results.get("bn-x5")
     if reference is None or not names:
-        return []
+        return None
+    bn_x5 = per_variant.get("bn-x5", [])
+    spread = seed_spread({"bn-x5": bn_x5}, "final") if len(bn_x5) >= 2 else None
     rows = []
-    for name in ["ablation-bn-x5", *names]:
-        result = results.get(name, reference if name == "ablation-bn-x5" else None)
-        if result is None:
-            continue
-        rows.append({
-            "name": name.removeprefix("ablation-"),
-            "max_accuracy": result["max_accuracy"],
-            "delta_max_vs_bn_x5": (result["max_accuracy"] - reference["max_accuracy"])
-            if result["max_accuracy"] is not None else None,
-            "final_val_accuracy": result.get("final_val_accuracy"),
-            "test_accuracy": result.get("test_accuracy"),
-            "diverged": bool(result["diverged"]),
-            "steps_to_inception_max": steps_to_reach(result["history"], target)
-            if target is not None else None,
-        })
-    return rows
+    for name in names:
+        result = results[name]
+        final = None if result["diverged"] else result["final_val_accuracy"]
+        delta = None if final is None else final - reference["final_val_accuracy"]
+        call = ("diverged" if final is None else "no seed spread known" if spread is None
+                else "effect" if abs(delta) > spread else "noise (within the seed spread)")
+        rows.append({"name": name.removeprefix("ablation-"), "final_val_accuracy": final,
+                     "test_accuracy": result.get("test_accuracy"), "delta_final": delta,
+                     "call": call})
+    return {"reference_final_val_accuracy": reference["final_val_accuracy"],
+            "bn_x5_seed_spread": spread, "rows": rows}
 
 
 def _sweep(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     names = [n for n in results if n.startswith("sweep-")]
-    rows = [{"lr": results[n]["recipe"]["lr"], "max_accuracy": results[n]["max_accuracy"],
+    rows = [{"lr": results[n]["recipe"]["lr"],
+             "final_val_accuracy": results[n].get("final_val_accuracy"),
              "diverged": results[n]["diverged"]} for n in names]
     return sorted(rows, key=lambda r: r["lr"])
 
@@ -138,83 +131,167 @@ def _write_metrics(run_dir: Path, results: dict[str, dict[str, Any]]) -> None:
     write_text(run_dir / "metrics.csv", "\n".join(lines) + "\n")
 
 
-_NOTES = """Choices the paper leaves open (all flags; values in the JSON below):
-* Data: validation = last 10k of the training set; the curve (Figure 2) is measured on
-  its first `eval_size` images at >= 50 points per run (eval-mode BN, running statistics),
-  so each point has a sampling error of about +-1 point at eval_size 1000; the final
-  validation and test numbers use all 10k images. "Max accuracy" is the curve's maximum,
-  as in the paper, and is biased upwards by that noise (more so for noisier curves).
-* Network: He init for ReLU, Glorot for sigmoid (torch's default init left the 14-layer
-  ReLU net without BN untrainable: that would have been a failure of init, not of BN);
-  LRN after the stem's max-pool (GoogLeNet's order); no auxiliary classifiers.
-* Recipe: SGD momentum 0.9, batch 32; base lr from the sweep below; lr x5 / x30 for
-  BN-x5 / BN-x30 and the no-BN control inception-x5. Divergence = non-finite loss.
-* One torch thread per process (2 threads on this shared 2-core machine were 5-15x
-  slower); channels_last on (measured faster without BN, mixed with BN under load)."""
+_NOTES = f"""How to read it (definitions in `experiments/inception/analysis.py`, fixed in
+advance):
+* Schedule: every run anneals to lr 0 at its last step: lr(t) = lr0 * 0.5^(p * speed / 3)
+  * (1 + cos(pi p)) / 2, p = t / (steps - 1). Speed 1 (baseline) or 6 (the paper's "6x
+  faster decay", change 4): the exponential factor keeps the paper's meaning, the cosine
+  envelope ends every run at 0 (none ends mid-flight).
+* Final numbers are the final weights on the whole validation split (10k) and the test
+  set, never a maximum over curve points. The curve is measured on the first `eval_size`
+  validation images (eval-mode BN, running statistics).
+* Steps to target: first evaluation at or above the fixed absolute target; resolution =
+  the evaluation interval; a run that never reaches it is censored at the step budget
+  (shown as ">N"), which favours the slower arm. Steps to baseline final: first
+  evaluation at or above `inception`'s mean last curve point.
+* Plateaued: the least-squares line through the curve points of the last
+  {PLATEAU_WINDOW:.0%} of the steps rises less than {100 * PLATEAU_GAIN:g} point(s) over that
+  window. With the lr annealed to 0 a flat end is partly the schedule's doing:
+  "plateaued" says the run ended settled, not that more steps would not help.
+* Verdicts: seed-paired differences with 95% Student-t intervals; with 2 seeds the t
+  quantile is 12.7, so intervals are wide and "mixed" is frequent: that is the honest
+  answer at this budget. One-seed comparisons use difference +- the largest
+  seed-to-seed range among the 2-seed recipes (labelled; not a t-interval).
+* Controls: `inception-changes` = bn-x5's six non-lr changes (no dropout, L2 / 5, 6x
+  faster decay, no LRN, full shuffle, light distortion) at the base lr without BN: it
+  differs from bn-x5 only in BN and lr. `inception-x5` / `inception-x30` = bn-x5 / bn-x30
+  without BN (only BN differs). Divergence = a non-finite training loss (counted as
+  chance accuracy, 10%)."""
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
-def _render(config: dict[str, Any], rows: list[dict[str, Any]], ensemble: dict[str, Any] | None,
-            ablation: list[dict[str, Any]], sweep: list[dict[str, Any]],
-            results: dict[str, dict[str, Any]]) -> str:
-    out = ["# Inception variants at small scale (Figures 2-3 of Ioffe & Szegedy 2015)", ""]
-    any_result = next(iter(results.values()), None)
-    if any_result:
-        out += [f"Network: small Inception, depth {any_result['depth']} weight layers, "
-                f"parameters per variant: "
-                + ", ".join(f"{n} {results[n]['parameters']:,}" for n in rows_names(rows, results))
-                + ".", ""]
-    out += [_NOTES, ""]
-    out += ["## Figure 3 (steps to reach `inception`'s best validation accuracy)", "",
-            "| model | steps to inception max | speed-up | max val acc | test acc | diverged "
-            "| paper: steps to 72.2% | paper: max |",
-            "|---|---|---|---|---|---|---|---|"]
-    for row in rows:
-        paper = PAPER_FIGURE3.get(row["name"])
+def _seeds(values: list[Any], fmt: Any) -> str:
+    return " / ".join(fmt(v) for v in values)
+
+
+def _steps(row: dict[str, Any], key: str = "steps_to_target") -> str:
+    if row["diverged"]:
+        return "diverged"
+    value = row[key]
+    return f">{row['steps'] if key == 'steps_to_target' else '-'}" if value is None else str(value)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    numbers = [v for v in values if v is not None]
+    return sum(numbers) / len(numbers) if numbers and len(numbers) == len(values) else None
+
+
+def _variant_table(per_variant: dict[str, list[dict[str, Any]]], budget: int) -> list[str]:
+    out = ["| model | seeds | final val acc (mean; per seed) | test acc (mean; per seed) "
+           "| steps to target | steps to baseline final | plateaued (rise over last 20%) "
+           "| paper: steps to 72.2% | paper: max |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for name in (*VARIANTS, *CONTROLS):
+        runs = per_variant.get(name)
+        if not runs:
+            continue
+        final = [r["final_val_accuracy"] for r in runs]
+        test = [r["test_accuracy"] for r in runs]
+        plateau = _seeds(runs, lambda r: "-" if r["plateau_gain"] is None else (
+            f"{'yes' if r['plateaued'] else 'no'} ({100 * r['plateau_gain']:+.1f})"))
+        paper = PAPER_FIGURE3.get(name)
         paper_steps = "-" if paper is None else ("never" if paper[0] is None
                                                  else f"{paper[0]:.1e}")
         paper_max = "-" if paper is None else f"{paper[1]}%"
-        if row["name"] in ("inception-x5", "inception-sigmoid"):
-            paper_steps, paper_max = ("diverged", "-") if row["name"] == "inception-x5" else (
-                "never", "chance")
-        steps = "never" if row["steps_to_inception_max"] is None else str(
-            row["steps_to_inception_max"])
-        speedup = "-" if row["speedup_vs_inception"] is None else (
-            f"{row['speedup_vs_inception']:.1f}x")
-        diverged = f"yes (step {row['diverged_at_step']})" if row["diverged"] else "no"
-        out.append(f"| {row['name']} | {steps} | {speedup} | {_pct(row['max_accuracy'])} | "
-                   f"{_pct(row['test_accuracy'])} | {diverged} | {paper_steps} | {paper_max} |")
-    out += ["", "![Figure 2](figure2.png)", ""]
+        if name == "inception-x5":
+            paper_steps = "diverged (paper's lr x5 without BN)"
+        if name == "inception-sigmoid":
+            paper_steps, paper_max = "never", "chance"
+        out.append(f"| {name} | {len(runs)} | {_pct(_mean(final))}; {_seeds(final, _pct)} | "
+                   f"{_pct(_mean(test))}; {_seeds(test, _pct)} | "
+                   f"{_seeds(runs, _steps)} | "
+                   f"{_seeds(runs, lambda r: _steps(r, 'steps_to_baseline_final'))} | "
+                   f"{plateau} | {paper_steps} | {paper_max} |")
+    return out
+
+
+def _format_interval(row: dict[str, Any]) -> str:
+    interval = row["interval"]
+    scale, unit, digits = (100, " pts", 2) if row["metric"] == "final" else (1, " steps", 0)
+
+    def number(value: float) -> str:
+        return f"{value * scale:+.{digits}f}{unit}"
+
+    if interval["low"] is None:
+        return f"{number(interval['mean'])} (n={interval['n']}, no interval)"
+    return f"{number(interval['mean'])} [{number(interval['low'])}, {number(interval['high'])}]"
+
+
+def _verdict_lines(verdicts: list[dict[str, Any]]) -> list[str]:
+    out = ["| claim | verdict | comparison (a - b) | per seed a; b | difference [95% interval] "
+           "| verdict | interval |", "|---|---|---|---|---|---|---|"]
+    for claim in verdicts:
+        for index, row in enumerate(claim["comparisons"]):
+            fmt = _pct if row["metric"] == "final" else (lambda v: f"{v:.0f}")
+            censored = f" (censored: {', '.join(row['censored_runs'])})" if row[
+                "censored_runs"] else ""
+            head = (f"{claim['claim']} | **{claim['verdict']}**" if index == 0 else " | ")
+            out.append(f"| {head} | {row['comparison']}{censored} | "
+                       f"{_seeds(row['a'], fmt)}; {_seeds(row['b'], fmt)} | "
+                       f"{_format_interval(row)} | {row['verdict']} | {row['interval_kind']} |")
+    return out
+
+
+def _render(config: dict[str, Any], per_variant: dict[str, list[dict[str, Any]]],
+            verdicts: list[dict[str, Any]], ensemble: dict[str, Any] | None,
+            ablation: dict[str, Any] | None, sweep: list[dict[str, Any]],
+            results: dict[str, dict[str, Any]], target: float | None) -> str:
+    out = ["# Inception variants at small scale (Figures 2-3 of Ioffe & Szegedy 2015)", ""]
+    any_result = next(iter(results.values()), None)
+    budget = any_result["scale"]["steps"] if any_result else 0
+    if any_result:
+        scale = any_result["scale"]
+        out += [f"Network: small Inception, depth {any_result['depth']} weight layers, width "
+                f"x{scale['width']:g}; {scale['steps']} steps of 32 per run, "
+                f"{scale['evaluations']} evaluations on {scale['eval_size']} validation "
+                "images. Parameters: " + ", ".join(
+                    f"{v} {results[runs[0]['name']]['parameters']:,}"
+                    for v, runs in per_variant.items()) + ".", ""]
+    out += [_NOTES, ""]
+    if per_variant:
+        out += [f"## Figure 3: final accuracy and steps to the target {_pct(target)} "
+                "(validation)", ""]
+        out += _variant_table(per_variant, budget)
+        out += ["", "![Figure 2](figure2.png)", ""]
+    if verdicts:
+        out += ["## Verdicts (computed by `analysis.judge`; a claim is supported only if "
+                "every comparison is)", ""]
+        out += _verdict_lines(verdicts)
+        out += ["", "Rules: " + "; ".join(sorted({row["rule"] for claim in verdicts
+                                                     for row in claim["comparisons"]})), ""]
     if ensemble:
-        out += ["## Ensemble (section 9)", "",
-                "| model | test acc | val acc |", "|---|---|---|",
-                f"| ensemble of {len(ensemble['members'])} (mean of class probabilities) | "
-                f"{_pct(ensemble['ensemble_test_accuracy'])} | "
-                f"{_pct(ensemble['ensemble_val_accuracy'])} |",
-                f"| best member ({ensemble['best_member']}, chosen on validation) | "
-                f"{_pct(ensemble['best_member_test_accuracy'])} | "
-                f"{_pct(ensemble['best_member_val_accuracy'])} |", ""]
+        out += [f"## Ensemble (section 9): the {len(ensemble['members'])} seeds of the best "
+                f"recipe, {ensemble['recipe']} (highest mean final validation accuracy)", "",
+                "| model | val acc | test acc |", "|---|---|---|",
+                f"| ensemble (mean of class probabilities) | {_pct(ensemble['val_accuracy'])} "
+                f"| {_pct(ensemble['test_accuracy'])} |"]
+        out += [f"| member {m} | {_pct(a['val'])} | {_pct(a['test'])} |"
+                for m, a in ensemble["member_accuracies"].items()]
+        out += ["", f"Test gain over the mean member: "
+                f"{100 * ensemble['gain_over_mean_member_test']:+.2f} pts; over the best member: "
+                f"{100 * ensemble['gain_over_best_member_test']:+.2f} pts (the recipe was chosen "
+                "on validation, so test is the unbiased number; one ensemble, no interval).",
+                ""]
     if ablation:
-        out += ["## Ablation: bn-x5 with one change of section 4.2.1 undone", "",
-                "| run | max val acc | change vs bn-x5 | steps to inception max | final val acc "
-                "| test acc | diverged |",
-                "|---|---|---|---|---|---|---|"]
-        for row in ablation:
-            delta = "-" if row["delta_max_vs_bn_x5"] is None else (
-                f"{100 * row['delta_max_vs_bn_x5']:+.2f} pts")
-            steps = row["steps_to_inception_max"]
-            out.append(f"| {row['name']} | {_pct(row['max_accuracy'])} | {delta} | "
-                       f"{'never' if steps is None else steps} | "
-                       f"{_pct(row['final_val_accuracy'])} | {_pct(row['test_accuracy'])} | "
-                       f"{'yes' if row['diverged'] else 'no'} |")
+        spread = ablation["bn_x5_seed_spread"]
+        out += ["## Ablation: bn-x5 (seed 0) with one change of section 4.2.1 undone", "",
+                f"bn-x5 seed-0 final val acc {_pct(ablation['reference_final_val_accuracy'])}; "
+                f"bn-x5 seed-to-seed range {_pct(spread)}: a change within it is noise.", "",
+                "| run | final val acc | change vs bn-x5 | test acc | call |",
+                "|---|---|---|---|---|"]
+        for row in ablation["rows"]:
+            delta = "-" if row["delta_final"] is None else f"{100 * row['delta_final']:+.2f} pts"
+            out.append(f"| {row['name']} | {_pct(row['final_val_accuracy'])} | {delta} | "
+                       f"{_pct(row['test_accuracy'])} | {row['call']} |")
         out.append("")
     if sweep:
         out += ["## Learning-rate sweep for `inception` (base lr)", "",
-                "| lr | max val acc | diverged |", "|---|---|---|"]
-        out += [f"| {r['lr']:g} | {_pct(r['max_accuracy'])} | {r['diverged']} |" for r in sweep]
+                "| lr | final val acc | diverged |", "|---|---|---|"]
+        out += [f"| {r['lr']:g} | {_pct(r['final_val_accuracy'])} | {r['diverged']} |"
+                for r in sweep]
         out.append("")
     seconds = sum(r.get("seconds", 0.0) for r in results.values())
     out += ["## Choices and conditions", ""]
@@ -225,16 +302,17 @@ def _render(config: dict[str, Any], rows: list[dict[str, Any]], ensemble: dict[s
                 f"load average at start {run.get('load_average_at_start')}, at end "
                 f"{run.get('load_average_at_end')}):", "", "```json",
                 json.dumps(value, indent=1), "```", ""]
-    out += [
-            f"Training wall time, summed over runs: {seconds / 60:.1f} min. "
+    out += [f"Training wall time, summed over runs: {seconds / 60:.1f} min. "
             "Per run: " + ", ".join(f"{n} {r.get('seconds', 0) / 60:.1f} min"
                                      for n, r in results.items()) + ".", ""]
     return "\n".join(out)
 
 
-def rows_names(rows: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> list[str]:
-    names = [r["name"] for r in rows] or list(results)[:1]
-    return [n for n in names if n in results]
+def _target(config: dict[str, Any]) -> float | None:
+    for value in config.values():
+        if value.get("target_accuracy") is not None:
+            return float(value["target_accuracy"])
+    return None
 
 
 def write_outputs(run_dir: Path) -> dict[str, Any]:
@@ -242,26 +320,28 @@ def write_outputs(run_dir: Path) -> dict[str, Any]:
     results = load_results(run_dir)
     config = {path.name: json.loads(path.read_text())
               for path in sorted(run_dir.glob("config*.json"))}
-    rows = figure3_rows(results)
-    ensemble = _ensemble(run_dir, results)
-    ablation = _ablation(results)
+    target = _target(config)
+    per_variant = _variant_numbers(results, target if target is not None else 1.0)
+    verdicts = judge(per_variant)
+    ensemble = ensemble_of_best(run_dir, results, per_variant)
+    ablation = _ablation(results, per_variant)
     sweep = _sweep(results)
     summary: dict[str, Any] = {
-        "variants": {row["name"]: {k: row[k] for k in (
-            "max_accuracy", "steps_to_inception_max", "speedup_vs_inception", "diverged",
-            "test_accuracy", "max_accuracy_all_seeds")} for row in rows},
-        "ensemble_accuracy": ensemble["ensemble_test_accuracy"] if ensemble else None,
+        "target_accuracy": target,
+        "variants": per_variant,
+        "verdicts": verdicts,
         "ensemble": ensemble,
         "ablation": ablation,
         "lr_sweep": sweep,
     }
     write_json(run_dir / "summary.json", summary)
     _write_metrics(run_dir, results)
-    if rows:
+    if per_variant:
         from batchnorm.experiments.inception.plots import save_figure2  # matplotlib: when used
 
-        save_figure2(run_dir / "figure2.png", results)
-    write_text(run_dir / "report.md", _render(config, rows, ensemble, ablation, sweep, results))
+        save_figure2(run_dir / "figure2.png", results, target)
+    write_text(run_dir / "report.md", _render(config, per_variant, verdicts, ensemble,
+                                              ablation, sweep, results, target))
     return summary
 
 
@@ -270,24 +350,24 @@ def headline(summary: dict[str, Any]) -> list[str]:
     lines = []
     variants = summary["variants"]
     if variants:
-        lines.append("max validation accuracy: " + ", ".join(
-            f"{name} {_pct(row['max_accuracy'])}" + (" (diverged)" if row["diverged"] else "")
-            for name, row in variants.items()))
-        faster = [f"{name} {row['speedup_vs_inception']:.1f}x"
-                  for name, row in variants.items()
-                  if name != "inception" and row["speedup_vs_inception"] is not None]
-        lines.append("speed-up to inception's max: " + (", ".join(faster) or "none reached it"))
+        lines.append("final validation accuracy: " + ", ".join(
+            f"{name} {_pct(_mean([r['final'] for r in runs]))}"
+            + (" (diverged)" if any(r["diverged"] for r in runs) else "")
+            for name, runs in variants.items()))
+    for claim in summary["verdicts"]:
+        lines.append(f"verdict: {claim['claim']}: {claim['verdict']}")
     if summary["ensemble"]:
         ensemble = summary["ensemble"]
-        lines.append(f"ensemble of {len(ensemble['members'])}: test accuracy "
-                     f"{_pct(ensemble['ensemble_test_accuracy'])} (best member "
-                     f"{_pct(ensemble['best_member_test_accuracy'])})")
+        lines.append(f"ensemble of {ensemble['recipe']} seeds: test accuracy "
+                     f"{_pct(ensemble['test_accuracy'])} "
+                     f"({100 * ensemble['gain_over_mean_member_test']:+.2f} pts over the mean "
+                     "member)")
     if summary["ablation"]:
-        lines.append("ablation, change of max accuracy vs bn-x5: " + ", ".join(
-            f"{row['name']} {100 * row['delta_max_vs_bn_x5']:+.2f}"
-            for row in summary["ablation"] if row["delta_max_vs_bn_x5"] is not None))
+        lines.append("ablation, change of final val accuracy vs bn-x5: " + ", ".join(
+            f"{row['name']} {100 * row['delta_final']:+.2f} ({row['call'].split(' ')[0]})"
+            for row in summary["ablation"]["rows"] if row["delta_final"] is not None))
     if summary["lr_sweep"]:
-        best = max(summary["lr_sweep"], key=lambda row: row["max_accuracy"] or 0.0)
-        lines.append(f"best base lr for inception: {best['lr']:g} (max validation accuracy "
-                     f"{_pct(best['max_accuracy'])})")
+        best = max(summary["lr_sweep"], key=lambda row: row["final_val_accuracy"] or 0.0)
+        lines.append(f"best base lr for inception: {best['lr']:g} (final validation accuracy "
+                     f"{_pct(best['final_val_accuracy'])})")
     return lines

@@ -51,8 +51,8 @@ __all__ = [
     "train_run",
 ]
 
-EVAL_BATCH = 500
-HALF_LIFE_RUNS = 3.0  # at decay speed 1 the lr halves every 3 run lengths
+EVAL_BATCH = 1000
+HALF_LIFE_RUNS = 3.0  # at decay speed 1 the exponential factor halves every 3 run lengths
 
 
 @dataclass(frozen=True)
@@ -100,9 +100,12 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.SGD:
 
 
 def learning_rate(recipe: Recipe, step: int, total_steps: int) -> float:
-    """Exponential decay: ``lr * 0.5 ** (step * speed / (3 * total_steps))``."""
-    half_life = HALF_LIFE_RUNS * total_steps
-    return recipe.lr * 0.5 ** (step * recipe.lr_decay_speed / half_life)
+    """The lr of (0-based) ``step``: exponential decay at ``recipe.lr_decay_speed`` (half-life
+    3 run lengths at speed 1) times a cosine envelope reaching exactly 0 at the last step,
+    ``lr * 0.5 ** (p * speed / 3) * (1 + cos(pi * p)) / 2`` with ``p = step / (steps - 1)``."""
+    progress = min(1.0, step / max(1, total_steps - 1))
+    exponential = 0.5 ** (progress * recipe.lr_decay_speed / HALF_LIFE_RUNS)
+    return recipe.lr * exponential * (1 + math.cos(math.pi * progress)) / 2
 
 
 def evaluation_steps(total_steps: int, evaluations: int) -> list[int]:
@@ -116,7 +119,7 @@ def _prepare(images: Tensor, splits: Splits, channels_last: bool) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict(
     model: nn.Module, images: Tensor, splits: Splits, device: torch.device, channels_last: bool
 ) -> Tensor:
@@ -246,7 +249,8 @@ def _finish(spec: RunSpec, fingerprint: dict[str, Any], model: SmallInception,
         "parameters": count_parameters(model),
         "depth": model.depth, "diverged": diverged, "diverged_at_step": state["diverged_at"],
         "history": state["history"],
-        "max_accuracy": max((h["val_accuracy"] for h in curve), default=None),
+        # The curve's last point (final weights): never the maximum over noisy points.
+        "last_curve_accuracy": curve[-1]["val_accuracy"] if curve and not diverged else None,
         "final_val_accuracy": None, "test_accuracy": None,
     }
     if not diverged:
