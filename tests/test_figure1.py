@@ -14,7 +14,7 @@ import torch
 from batchnorm import cli
 from batchnorm.data import Dataset
 from batchnorm.experiments import figure1
-from batchnorm.experiments.figure1 import METRIC_COLUMNS, BatchStream, PlainSGD, summarize
+from batchnorm.experiments.figure1 import METRIC_COLUMNS, BatchStream, summarize
 
 RUNTIME_FLAGS = {"data_dir", "out", "device", "threads", "resume", "no_progress", "sweep_lr",
                  "sweep_values", "preset"}

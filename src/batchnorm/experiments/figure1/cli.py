@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from batchnorm.experiments.figure1.config import PRESETS, Figure1Config, SweepOptions
+from batchnorm.experiments.figure1.config import (
+    PRESETS,
+    SWEEP_PRESETS,
+    Figure1Config,
+    SweepOptions,
+)
+from batchnorm.experiments.figure1.recorded_sweep import RECORDED_SWEEP
 from batchnorm.experiments.runner import (
     RunOptions,
     Session,
@@ -31,8 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Figure1Config:
-    """The validated settings of ``args`` (flags over --preset over defaults)."""
-    return from_args(Figure1Config, args, PRESETS)
+    """The validated settings of ``args`` (flags over --preset over defaults), with each
+    arm's rate from the recorded sweep unless given."""
+    return from_args(Figure1Config, args, PRESETS).with_rates(RECORDED_SWEEP["winners"])
 
 
 def run(args: argparse.Namespace, *, dataset: Any = None, stop_after: int | None = None) -> int:
@@ -48,17 +55,25 @@ def run(args: argparse.Namespace, *, dataset: Any = None, stop_after: int | None
 
 def _run(args: argparse.Namespace, session: Session, dataset: Any, stop_after: int | None
          ) -> int:
-    config = config_from_args(args)
-    sweep = from_args(SweepOptions, args)
+    config = from_args(Figure1Config, args, PRESETS)
+    options = from_args(SweepOptions, args, SWEEP_PRESETS)
     if dataset is None:
         from batchnorm.data import load_dataset
 
         dataset = load_dataset(config.dataset, data_dir=session.options.data_dir,
                                progress=not session.options.no_progress)
-    if sweep.sweep_lr:
-        from batchnorm.experiments.figure1.sweep import run_sweep
-
-        return run_sweep(config, sweep, session, dataset, stop_after=stop_after)
     from batchnorm.experiments.figure1.experiment import run_figure
 
-    return run_figure(config, args, session, dataset, stop_after=stop_after)
+    timing: dict[str, Any] = {}
+    if options.sweep_lr:
+        from batchnorm.experiments.figure1.sweep import run_sweep
+
+        sweep = run_sweep(config, options, session, dataset, stop_after=stop_after)
+        sweep = {"source": f"this run ({session.options.out}/lr_sweep)", **sweep}
+        timing["sweep"] = sweep.get("timing", {})
+    else:
+        sweep = dict(RECORDED_SWEEP)
+    config = config.with_rates(sweep["winners"])
+    args.lr_baseline, args.lr_bn = config.lr_baseline, config.lr_bn
+    return run_figure(config, sweep, args, session, dataset, stop_after=stop_after,
+                      timing=timing)

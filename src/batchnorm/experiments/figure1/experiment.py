@@ -1,123 +1,113 @@
-"""The figure: both networks of every seed trained together, then population statistics,
-then every output file of the run folder."""
+"""The figure: both stacks (without and with BN) of every seed and rate pair trained
+together, population statistics at checkpoints, then every output file of the run folder."""
 
 from __future__ import annotations
 
 import argparse
-import copy
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from batchnorm import recompute_statistics
-from batchnorm.experiments.figure1.config import CHOICES, LR_SWEEP, PAPER, SEEDS, Figure1Config
+from batchnorm.experiments.figure1.config import (
+    CHOICES,
+    PAPER,
+    SEEDS,
+    Figure1Config,
+    eval_schedule,
+)
 from batchnorm.experiments.figure1.plots import save_figure1
 from batchnorm.experiments.figure1.report import (
     headline,
     metrics_csv,
-    paper_claims,
     report,
     summarize,
+    verdict_lines,
 )
 from batchnorm.experiments.figure1.train import (
-    Arm,
-    BatchStream,
-    TrainingJob,
-    evaluate,
+    Network,
     make_job,
-    make_model,
+    quantiles,
     run_job,
     sizes_of,
 )
-from batchnorm.experiments.runner import (
-    Session,
-    flags_of,
-    print_summary,
-    write_json,
-    write_text,
-)
+from batchnorm.experiments.runner import Session, flags_of, write_json, write_text
+from batchnorm.experiments.runner.verdicts import print_verdict_summary
+from batchnorm.models.stacked import StackedMLP
 
-__all__ = ["config_document", "population_results", "run_figure", "write_outputs"]
+__all__ = ["init_distribution", "networks_of", "run_figure"]
 
 
-def run_figure(config: Figure1Config, args: argparse.Namespace, session: Session, dataset: Any,
-               *, stop_after: int | None = None) -> int:
+def networks_of(config: Figure1Config) -> list[Network]:
+    """Network k of both stacks: per rate pair (own, then shared) every seed."""
+    return [Network(seed, pair, {"baseline": lr_baseline, "bn": lr_bn})
+            for pair, lr_baseline, lr_bn in config.pairs()
+            for seed in range(config.seed, config.seed + config.seeds)]
+
+
+def run_figure(config: Figure1Config, sweep: dict[str, Any], args: argparse.Namespace,
+               session: Session, dataset: Any, *, stop_after: int | None = None,
+               timing: dict[str, Any] | None = None) -> int:
+    """Train, evaluate, write; ``sweep`` is the sweep the rates came from (for the report)."""
     out = Path(session.options.out)
     device = session.device
     sizes = sizes_of(config, dataset)
-    document = config_document(config, args, session, dataset, sizes)
-    write_json(out / "config.json", document)
-    arms = [
-        Arm(name, seed, make_model(config, sizes, seed, batch_norm=batch_norm, device=device),
-            config.lr)
-        for seed in range(config.seed, config.seed + config.seeds)
-        for name, batch_norm in (("baseline", False), ("bn", True))
-    ]
+    networks = networks_of(config)
+    schedule = eval_schedule(config.steps, config.eval_every, config.early_until,
+                             config.early_points)
+    checkpoints = {t for t in schedule if t > 0 and t % config.checkpoint_every == 0}
     fingerprint = {"mode": "figure1", **config.to_dict(), "sizes": list(sizes),
                    "train_images": int(dataset.train_images.shape[0])}
-    job = make_job(config, arms, (dataset.train_images, dataset.train_labels),
-                   (dataset.test_images, dataset.test_labels), out / "checkpoint.pt",
-                   fingerprint, device)
+    job = make_job(config, networks, sizes, (dataset.train_images, dataset.train_labels),
+                   (dataset.test_images, dataset.test_labels), steps=config.steps,
+                   schedule=schedule, checkpoint_steps=checkpoints,
+                   checkpoint=out / "checkpoint.pt", fingerprint=fingerprint, device=device)
+    document = {
+        "experiment": "figure1", "paper": PAPER, "settings": config.to_dict(),
+        "sizes": list(sizes), "choices": CHOICES, "schedule": schedule,
+        "networks": [{"seed": n.seed, "pair": n.pair, "lrs": n.lrs} for n in networks],
+        "lr_sweep": sweep,
+        "init_distribution": init_distribution(config, sizes, job.eval_x),
+        "runtime": {**session.runtime(), "dataset_source": getattr(dataset, "source",
+                                                                   "injected")},
+        "flags": flags_of(args),
+    }
+    write_json(out / "config.json", document)
     run_job(job, session, "figure1", stop_after=stop_after)
-    population_started = time.perf_counter()
-    population = population_results(job, config, device)
-    job.timings["population_s"] = time.perf_counter() - population_started
-    document["timing"] = {**job.timings, **session.metadata.finish()}
-    summary = write_outputs(out, document, job.rows, population)
-    print_summary(f"figure1: {len(arms) // 2} seed(s), {config.steps} steps, in {out}",
-                  headline(summary), out / "report.md",
-                  [(claim, held) for claim, held, _numbers in paper_claims(summary)])
+    parts = dict(timing or {})
+    parts["figure"] = dict(job.timings)
+    summary = summarize(job.rows, job.layer, job.schedule, document["networks"], sweep,
+                        config.steps)
+    document["timing"] = {"parts": parts, **session.metadata.finish()}
+    summary["timing"] = document["timing"]
+    summary["init_distribution"] = document["init_distribution"]
+    write_text(out / "metrics.csv", metrics_csv(job.rows))
+    write_json(out / "summary.json", summary)
+    for pair in summary["pairs"]:
+        save_figure1(out / f"figure1_{pair}.png", job.rows, pair, sweep, config.unit)
+    write_json(out / "config.json", document)
+    write_text(out / "report.md", report(document, summary))
+    print_verdict_summary(
+        f"figure1: {config.seeds} seed(s) per arm, {config.steps} steps, in {out}",
+        headline(summary), out / "report.md", verdict_lines(summary))
     return 0
 
 
-def config_document(config: Figure1Config, args: argparse.Namespace, session: Session,
-                    dataset: Any, sizes: tuple[int, ...]) -> dict[str, Any]:
-    """config.json: settings, the paper's fixed setup, our choices and the lr sweep."""
-    return {
-        "experiment": "figure1",
-        "paper": PAPER,
-        "settings": config.to_dict(),
-        "sizes": list(sizes),
-        "choices": CHOICES,
-        "lr_sweep": LR_SWEEP,
-        "runtime": {**session.runtime(),
-                    "dataset_source": getattr(dataset, "source", "injected")},
-        "flags": flags_of(args),
-    }
+@torch.inference_mode()
+def init_distribution(config: Figure1Config, sizes: tuple[int, ...], x: torch.Tensor
+                      ) -> dict[str, Any]:
+    """At init (seed ``config.seed``, without BN): per hidden layer the median over units of
+    the 15/50/85th percentiles over the images ``x`` of the sigmoid input, the median 15-85
+    spread, and the chosen unit's spread (in the last layer: the unit of Figure 1)."""
+    stack = StackedMLP(1, sizes, init_std=config.init_std,
+                       generators=[SEEDS.generator(config.seed, "init")]).to(x.device)
+    layers = []
+    for h in stack.forward_with_preactivations(x).preactivations:
+        q = quantiles(h[0].double())  # (3, units)
+        spread = q[2] - q[0]
+        layers.append({"p15": float(q[0].median()), "p50": float(q[1].median()),
+                       "p85": float(q[2].median()), "spread": float(spread.median()),
+                       "unit_spread": float(spread[config.unit])})
+    return {"init_std": config.init_std, "seed": config.seed, "unit": config.unit,
+            "images": int(x.shape[0]), "layers": layers}
 
-
-def population_results(job: TrainingJob, config: Figure1Config, device: torch.device
-                       ) -> dict[int, dict[str, float]]:
-    """Per seed: the BN network evaluated with Algorithm 2 population statistics.
-
-    A copy of each trained BN network gets :func:`batchnorm.recompute_statistics` over
-    ``config.population_batches`` training mini-batches of ``config.batch_size`` in a
-    seeded random order; the trained network itself keeps its moving averages.
-    """
-    results = {}
-    for arm in job.arms:
-        if arm.name != "bn":
-            continue
-        model = copy.deepcopy(arm.model)
-        stream = BatchStream(job.train_x.shape[0], config.batch_size,
-                             SEEDS(arm.seed)["population"], device)
-        batches = (job.train_x.index_select(0, stream.next())
-                   for _ in range(config.population_batches))
-        recompute_statistics(model, batches)
-        results[arm.seed] = evaluate(model, job.eval_x, job.eval_y, job.unit)
-    return results
-
-
-def write_outputs(out: Path, document: dict[str, Any], rows: list[dict[str, Any]],
-                  population: dict[int, dict[str, float]]) -> dict[str, Any]:
-    """Write every output file of a finished run; returns the summary."""
-    summary = summarize(rows, population)
-    summary["timing"] = document.get("timing", {})
-    write_text(out / "metrics.csv", metrics_csv(rows))
-    write_json(out / "summary.json", summary)
-    save_figure1(out / "figure1.png", rows)
-    write_json(out / "config.json", document)
-    write_text(out / "report.md", report(document, summary))
-    return summary

@@ -1,42 +1,44 @@
-"""``batchnorm reproduce figure1 --sweep-lr``: the learning rate that is fair to the baseline.
+"""The learning-rate sweep: each arm's best rate, and how far each arm trains at all.
 
-Both networks of Figure 1 train with one learning rate; to be fair to the network
-without BN, it is the rate that suits *that* network best. The sweep trains the
-baseline once per rate of ``--sweep-values`` (all rates in one loop, from the same
-initial weights, on the same batches), on the first 50k training images, scores
-each on the last 10k (the validation split, never the test set), and picks the rate
-with the best mean validation accuracy over the last evaluations. The result goes
-to ``OUT/lr_sweep/`` (lr_sweep.json, lr_sweep.csv, lr_sweep.md); the winner was
-copied by hand into :data:`batchnorm.experiments.figure1.config.LR_SWEEP`.
+Both arms, one network per (rate, seed) of ``--sweep-values`` x ``--sweep-seeds`` (a
+stack per arm; network k of both stacks shares seed k's initial weights and batches),
+``--sweep-steps`` steps on the first 50k training images, scored on the last 10k (the
+validation split: the test set is never read). Criterion: the seed-mean of the LAST
+validation accuracy; ties go to the smaller rate. The result goes to
+``OUT/lr_sweep/`` (lr_sweep.json, lr_sweep.csv, lr_sweep.md, recorded_sweep.py: the
+module :mod:`batchnorm.experiments.figure1.recorded_sweep` that the default run reads,
+regenerated from the json by :func:`recorded_module`).
 """
 
 from __future__ import annotations
 
+import pprint
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from batchnorm.experiments.figure1.config import (
-    SWEEP_CRITERION_POINTS,
+    TRAINS_THRESHOLD,
     Figure1Config,
     SweepOptions,
 )
-from batchnorm.experiments.figure1.report import metrics_csv
-from batchnorm.experiments.figure1.train import Arm, make_job, make_model, run_job, sizes_of
-from batchnorm.experiments.runner import Session, print_summary, write_json, write_text
+from batchnorm.experiments.figure1.report import ARMS, metrics_csv
+from batchnorm.experiments.figure1.train import Network, make_job, run_job, sizes_of
+from batchnorm.experiments.runner import Session, write_json, write_text
 
-__all__ = ["VALIDATION_SIZE", "run_sweep", "sweep_markdown", "sweep_result"]
+__all__ = ["RECORDED_KEYS", "VALIDATION_SIZE", "recorded_module", "run_sweep", "sweep_result"]
 
 VALIDATION_SIZE = 10_000
-
-
-def _name(lr: float) -> str:
-    return f"lr={lr:g}"
+CRITERION = "seed-mean of the final (last evaluation) validation accuracy"
+#: What the recorded module keeps of lr_sweep.json.
+RECORDED_KEYS = ("values", "seeds", "steps", "criterion", "trains_threshold", "train_images",
+                 "validation_images", "per_seed_final", "winners")
 
 
 def run_sweep(config: Figure1Config, options: SweepOptions, session: Session, dataset: Any,
-              *, stop_after: int | None = None) -> int:
+              *, stop_after: int | None = None) -> dict[str, Any]:
+    """Train and score the sweep; write OUT/lr_sweep; return the result."""
     out = Path(session.options.out) / "lr_sweep"
     values = sorted(set(options.sweep_values))
     total = int(dataset.train_images.shape[0])
@@ -44,74 +46,53 @@ def run_sweep(config: Figure1Config, options: SweepOptions, session: Session, da
     validation = VALIDATION_SIZE if total > 2 * VALIDATION_SIZE else total // 6
     train_x, train_y, val_x, val_y = dataset.split(validation_size=validation)
     sizes = sizes_of(config, dataset)
-    seed = config.seed  # one seed: the rates differ, the weights and batches do not
-    # --lr and --seeds do not apply to the sweep; None keeps that visible in its records.
-    settings = {**config.to_dict(), "lr": None, "seeds": None}
-    arms = [Arm(_name(lr), seed, make_model(config, sizes, seed, batch_norm=False,
-                                            device=session.device), lr)
-            for lr in values]
-    fingerprint = {"mode": "lr_sweep", **settings, "values": values, "sizes": list(sizes),
-                   "validation_images": validation}
-    job = make_job(config, arms, (train_x, train_y), (val_x, val_y), out / "checkpoint.pt",
-                   fingerprint, session.device)
+    seeds = list(range(config.seed, config.seed + options.sweep_seeds))
+    networks = [Network(seed, f"lr={lr:g}", {"baseline": lr, "bn": lr})
+                for lr in values for seed in seeds]
+    settings = {**config.to_dict(), "lr_baseline": None, "lr_bn": None, "shared_lr": None,
+                "seeds": None, "steps": None}
+    steps = options.sweep_steps
+    every = max(1, steps // 10)
+    schedule = sorted({*range(every, steps + 1, every), steps})
+    fingerprint = {"mode": "lr_sweep", **settings, **options.to_dict(), "values": values,
+                   "sizes": list(sizes), "validation_images": validation}
+    fingerprint.pop("sweep_lr")
+    job = make_job(config, networks, sizes, (train_x, train_y), (val_x, val_y), steps=steps,
+                   schedule=schedule, checkpoint_steps=set(schedule[1::2]),
+                   checkpoint=out / "checkpoint.pt", fingerprint=fingerprint,
+                   device=session.device, light=True)
     run_job(job, session, "lr sweep", stop_after=stop_after)
-    result = sweep_result(job.rows, values)
+    result = sweep_result(job.rows, values, seeds)
     result.update({
-        "arm": "baseline",
-        "steps": config.steps,
-        "criterion": f"mean validation accuracy over the last {SWEEP_CRITERION_POINTS} "
-        "evaluations",
-        "train_images": int(train_x.shape[0]),
-        "validation_images": validation,
-        "settings": settings,
-        "timing": {**job.timings, **session.metadata.finish()},
+        "steps": steps, "train_images": int(train_x.shape[0]), "validation_images": validation,
+        "settings": settings, "timing": dict(job.timings),
     })
-    write_text(out / "lr_sweep.csv", metrics_csv(job.rows).replace("test_accuracy",
-                                                                   "validation_accuracy"))
+    write_text(out / "lr_sweep.csv", metrics_csv(job.rows).replace("test_", "validation_"))
     write_json(out / "lr_sweep.json", result)
-    write_text(out / "lr_sweep.md", sweep_markdown(result))
-    print_summary(f"figure1 lr sweep: {len(values)} rates, {config.steps} steps, in {out}",
-                  [f"best learning rate for the baseline: {result['winner']:g} (validation "
-                   f"accuracy {100 * result['validation_accuracy'][str(result['winner'])]:.2f}%)"],
-                  out / "lr_sweep.md")
-    return 0
+    write_text(out / "recorded_sweep.py", recorded_module(result, "a fresh --sweep-lr run"))
+    return result
 
 
-def sweep_result(rows: list[dict[str, Any]], values: list[float]) -> dict[str, Any]:
-    """Per rate: smoothed final, final and best validation accuracy; and the winner."""
-    scores, finals, bests = {}, {}, {}
-    for lr in values:
-        accuracy = np.array([row["accuracy"] for row in rows if row["arm"] == _name(lr)])
-        scores[str(lr)] = float(accuracy[-SWEEP_CRITERION_POINTS:].mean())
-        finals[str(lr)] = float(accuracy[-1])
-        bests[str(lr)] = float(accuracy.max())
-    # Ties go to the smaller rate (listed first).
-    winner = max(values, key=lambda lr: (scores[str(lr)], -lr))
-    return {"values": values, "validation_accuracy": scores,
-            "final_validation_accuracy": finals, "max_validation_accuracy": bests,
-            "winner": winner}
+def sweep_result(rows: list[dict[str, Any]], values: list[float], seeds: list[int]
+                 ) -> dict[str, Any]:
+    """Per arm, rate and seed the final validation accuracy; per arm the winner."""
+    last = max(row["step"] for row in rows)
+    final = {(r["arm"], r["lr"], r["seed"]): r["accuracy"] for r in rows if r["step"] == last}
+    per_seed = {arm: {str(lr): [final[(arm, lr, seed)] for seed in seeds] for lr in values}
+                for arm in ARMS}
+    means = {arm: {key: float(np.mean(v)) for key, v in rates.items()}
+             for arm, rates in per_seed.items()}
+    winners = {arm: max(values, key=lambda lr, arm=arm: (means[arm][str(lr)], -lr))
+               for arm in ARMS}
+    return {"values": values, "seeds": len(seeds), "criterion": CRITERION,
+            "trains_threshold": TRAINS_THRESHOLD, "per_seed_final": per_seed,
+            "mean_final": means, "winners": winners}
 
 
-def sweep_markdown(result: dict[str, Any]) -> str:
-    lines = [
-        "# Learning-rate sweep for Figure 1 (baseline, no BN)",
-        "",
-        f"{result['steps']} steps per rate, trained on {result['train_images']} training "
-        f"images, scored on {result['validation_images']} held-out ones; criterion: "
-        f"{result['criterion']}.",
-        "",
-        "| lr | criterion | final | best | |",
-        "|---|---|---|---|---|",
-    ]
-    for lr in result["values"]:
-        key = str(lr)
-        lines.append(
-            f"| {lr:g} | {100 * result['validation_accuracy'][key]:.2f}% | "
-            f"{100 * result['final_validation_accuracy'][key]:.2f}% | "
-            f"{100 * result['max_validation_accuracy'][key]:.2f}% | "
-            f"{'winner' if lr == result['winner'] else ''} |"
-        )
-    timing = result.get("timing", {})
-    lines += ["", f"Training took {timing.get('train_s', 0.0):.0f} s "
-              f"(evaluation {timing.get('eval_s', 0.0):.0f} s).", ""]
-    return "\n".join(lines)
+def recorded_module(result: dict[str, Any], source: str) -> str:
+    """The text of recorded_sweep.py for ``result`` (what the default run reads)."""
+    recorded = {"source": source, **{key: result[key] for key in RECORDED_KEYS}}
+    return ('"""GENERATED by ``batchnorm reproduce figure1 --sweep-lr`` (sweep.recorded_module)'
+            ' from\nresults/figure1/lr_sweep/lr_sweep.json: the recorded learning-rate sweep '
+            'that the default\nrun reads. Do not edit; tests check it against the json."""\n\n'
+            f"RECORDED_SWEEP = {pprint.pformat(recorded, width=90, sort_dicts=False)}\n")

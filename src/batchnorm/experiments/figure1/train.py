@@ -1,62 +1,60 @@
-"""The training engine of Figure 1: several small networks stepped together, cheaply.
+"""The training engine of Figure 1 and its sweep: two :class:`StackedMLP` (without and with
+BN) whose network k shares seed k's initial weights and batches, one lr per network.
 
-A step of the paper's network is a few dozen tiny kernels, so its cost is framework
-overhead, not arithmetic. Hence:
-
-* the training set is binarized once into one float tensor on the device, and a
-  mini-batch is one ``index_select`` of it;
-* batch indices come from a per-epoch permutation drawn by a seeded
-  ``torch.Generator`` (one per seed; the arms of a seed share its batches);
-* all arms (baseline, BN, every seed; or every learning rate of the sweep) are one
-  autograd graph: the losses are summed (each arm's gradient is unchanged, since
-  d(sum)/d(loss_i) = 1 exactly), so one ``backward`` and one foreach SGD step serve all;
-* nothing leaves the device between evaluations (the running loss is a tensor).
-
-Checkpoints (atomic, at evaluation points, fingerprinted by the settings) hold the
-models, the optimizer, every generator and permutation, the metrics so far and the
-timings, so that a resumed run continues with exactly the numbers an uninterrupted
-run gets (bit for bit on CPU).
+:func:`train` runs a :class:`TrainingJob` step by step and evaluates on the job's
+evaluation set at the steps of its schedule: per network accuracy, loss and, unless
+the job is ``light`` (the sweep), the percentiles of the last hidden layer (the chosen
+unit and every unit). At checkpoint steps (and the last step) each BN network is also
+evaluated with Algorithm 2 population statistics. Checkpoints are fingerprinted; a
+resumed run continues bit for bit.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from batchnorm import BatchNorm1d
 from batchnorm.experiments.figure1.config import SEEDS, Figure1Config
 from batchnorm.experiments.runner import (
-    CheckpointMismatchError,
     Progress,
     Session,
+    indexed_generator,
     load_checkpoint,
     resume_from,
     save_checkpoint,
 )
-from batchnorm.models.mlp import MLP
+from batchnorm.models.stacked import (
+    StackedMLP,
+    StackedSGD,
+    gather_batches,
+    stacked_cross_entropy,
+)
 
 __all__ = [
-    "Arm",
+    "ARMS",
+    "PERCENTILES",
     "BatchStream",
-    "PlainSGD",
+    "Network",
     "SimulatedKillError",
     "TrainingJob",
     "binarize",
-    "evaluate",
+    "evaluate_stack",
     "make_job",
-    "make_model",
+    "make_stack",
+    "quantiles",
     "run_job",
     "sizes_of",
     "train",
 ]
 
 PERCENTILES = (0.15, 0.50, 0.85)
+ARMS = ("baseline", "bn")
 
 
 class SimulatedKillError(RuntimeError):
@@ -101,12 +99,8 @@ class BatchStream:
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "generator": self.generator.get_state(),
-            "batches": self.batches.cpu(),
-            "position": self.position,
-            "epoch": self.epoch,
-        }
+        return {"generator": self.generator.get_state(), "batches": self.batches.cpu(),
+                "position": self.position, "epoch": self.epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
@@ -121,168 +115,137 @@ def sizes_of(config: Figure1Config, dataset: Any) -> tuple[int, ...]:
     return (pixels, *config.hidden, 10)
 
 
-def make_model(config: Figure1Config, sizes: tuple[int, ...], seed: int, *, batch_norm: bool,
-               device: torch.device) -> MLP:
-    """The network of one arm; the same ``seed`` gives the same W with and without BN."""
-    bn_layer = BatchNorm1d if config.bn_layer == "batchnorm" else nn.BatchNorm1d
-    model = MLP(sizes, batch_norm=batch_norm, bn_layer=bn_layer,
-                bn_kwargs={"eps": config.eps, "momentum": config.bn_momentum},
-                init_std=config.init_std, generator=SEEDS.generator(seed, "init"))
-    return model.to(device)
+@dataclass(frozen=True)
+class Network:
+    """Network k of both stacks: its seed, its rate pair's name and each arm's lr."""
 
-
-@dataclass
-class Arm:
-    """One network being trained: its name (e.g. ``"bn"``), seed, model and learning rate."""
-
-    name: str
     seed: int
-    model: MLP
-    lr: float
+    pair: str
+    lrs: dict[str, float]  # arm -> lr
+
+
+def make_stack(config: Figure1Config, sizes: tuple[int, ...], networks: list[Network], arm: str,
+               device: torch.device) -> StackedMLP:
+    """The stack of one arm; network k drawn from its seed's init stream (as an MLP would be)."""
+    stack = StackedMLP(len(networks), sizes, batch_norm=arm == "bn", init_std=config.init_std,
+                       generators=[SEEDS.generator(net.seed, "init") for net in networks],
+                       bn_kwargs={"eps": config.eps, "momentum": config.bn_momentum})
+    return stack.to(device)
 
 
 @dataclass
 class TrainingJob:
     """What :func:`train` runs. ``fingerprint`` must match a checkpoint to resume from it."""
 
-    arms: list[Arm]
+    networks: list[Network]
+    stacks: dict[str, StackedMLP]  # arm -> its stack
     streams: dict[int, BatchStream]  # seed -> its batches
     train_x: Tensor
     train_y: Tensor
     eval_x: Tensor
     eval_y: Tensor
     steps: int
-    eval_every: int
-    checkpoint_every: int
+    schedule: list[int]  # evaluation steps, 0 first, the last step last
+    checkpoint_steps: set[int]
     momentum: float
     unit: int
+    population_batches: int
     checkpoint_path: Path
     fingerprint: dict[str, Any]
+    light: bool = False  # the sweep: accuracy and loss only, no percentiles or population
     rows: list[dict[str, Any]] = field(default_factory=list)
+    #: "arm/stats/kind" -> per evaluation a (K, units, 3) tensor of every unit's percentiles
+    layer: dict[str, list[Tensor]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def make_job(config: Figure1Config, arms: list[Arm], train_data: tuple[Tensor, Tensor],
-             eval_data: tuple[Tensor, Tensor], checkpoint: Path, fingerprint: dict[str, Any],
-             device: torch.device) -> TrainingJob:
-    """The job of ``arms`` on uint8 ``(images, labels)``: binarized, on ``device``, with one
-    batch stream per seed of the arms."""
+def make_job(config: Figure1Config, networks: list[Network], sizes: tuple[int, ...],
+             train_data: tuple[Tensor, Tensor], eval_data: tuple[Tensor, Tensor], *,
+             steps: int, schedule: list[int], checkpoint_steps: set[int], checkpoint: Path,
+             fingerprint: dict[str, Any], device: torch.device, light: bool = False
+             ) -> TrainingJob:
+    """The job of ``networks`` on uint8 ``(images, labels)``: binarized, on ``device``."""
     (train_images, train_labels), (eval_images, eval_labels) = train_data, eval_data
     streams = {seed: BatchStream(train_images.shape[0], config.batch_size, SEEDS(seed)["data"],
-                                 device) for seed in dict.fromkeys(arm.seed for arm in arms)}
+                                 device)
+               for seed in dict.fromkeys(net.seed for net in networks)}
     return TrainingJob(
-        arms=arms,
+        networks=networks,
+        stacks={arm: make_stack(config, sizes, networks, arm, device) for arm in ARMS},
         streams=streams,
         train_x=binarize(train_images, config.binarize_threshold, device),
         train_y=train_labels.to(device),
         eval_x=binarize(eval_images, config.binarize_threshold, device),
         eval_y=eval_labels.to(device),
-        steps=config.steps,
-        eval_every=config.eval_every,
-        checkpoint_every=config.checkpoint_every,
-        momentum=config.momentum,
-        unit=config.unit,
-        checkpoint_path=checkpoint,
-        fingerprint=fingerprint,
+        steps=steps, schedule=schedule, checkpoint_steps=checkpoint_steps,
+        momentum=config.momentum, unit=config.unit,
+        population_batches=config.population_batches,
+        checkpoint_path=checkpoint, fingerprint=fingerprint, light=light,
     )
 
 
+def quantiles(values: Tensor, qs: tuple[float, ...] = PERCENTILES) -> Tensor:
+    """Linear-interpolation quantiles along dim -2 (the examples): (..., N, C) -> (..., q, C).
+
+    Equal to :func:`torch.quantile` (tested), by one sort, which is much faster for many
+    columns.
+    """
+    ordered = values.sort(dim=-2).values
+    n = values.shape[-2]
+    out = []
+    for q in qs:
+        position = q * (n - 1)
+        low = int(position)
+        high = min(low + 1, n - 1)
+        weight = position - low
+        out.append(torch.lerp(ordered[..., low, :], ordered[..., high, :], weight))
+    return torch.stack(out, dim=-2)
+
+
 @torch.inference_mode()
-def evaluate(model: MLP, x: Tensor, y: Tensor, unit: int) -> dict[str, float]:
-    """Accuracy on (x, y) in eval mode and the percentiles of ``unit``'s sigmoid input.
+def evaluate_stack(stack: StackedMLP, x: Tensor, y: Tensor, unit: int, *, light: bool = False
+                   ) -> dict[str, Tensor]:
+    """Every network of ``stack`` in eval mode on (x, y).
 
-    One batched pass over all of ``x``; the unit is in the last hidden layer.
+    Returns per network (dim 0 = K): ``accuracy``, ``loss``; unless ``light`` also
+    ``pre`` (K, 3): the 15/50/85th percentiles of ``unit``'s sigmoid input in the last
+    hidden layer, ``pre_layer`` (K, units, 3) the same for every unit; with BN ``xhat``
+    and ``xhat_layer`` likewise for x-hat (before gamma and beta).
     """
-    was_training = model.training
-    model.eval()
+    was_training = stack.training
+    stack.eval()
     try:
-        logits, preactivations = model.forward_with_preactivations(x)
+        outputs = stack.forward_with_preactivations(x)
     finally:
-        model.train(was_training)
-    accuracy = (logits.argmax(dim=1) == y).double().mean()
-    values = preactivations[-1][:, unit].double()
-    quantiles = torch.quantile(values, torch.tensor(PERCENTILES, dtype=values.dtype,
-                                                     device=values.device))
-    result = {"accuracy": accuracy, "p15": quantiles[0], "p50": quantiles[1],
-              "p85": quantiles[2]}
-    return {key: float(value) for key, value in result.items()}
+        stack.train(was_training)
+    logits = outputs.logits.double()
+    result = {"accuracy": (logits.argmax(dim=2) == y).double().mean(dim=1),
+              "loss": stacked_cross_entropy(logits, y)}
+    if light:
+        return result
+    kinds = {"pre": outputs.preactivations[-1]}
+    if outputs.normalized is not None:
+        kinds["xhat"] = outputs.normalized[-1]
+    for kind, values in kinds.items():
+        layer = quantiles(values.double()).transpose(1, 2)  # (K, units, 3)
+        result[f"{kind}_layer"] = layer
+        result[kind] = layer[:, unit, :]
+    return result
 
 
-class PlainSGD:
-    """SGD, ``p <- p - lr * d`` with ``d = grad`` (or torch's momentum buffer), per arm lr.
-
-    The same update as ``torch.optim.SGD`` (dampening 0, no Nesterov, no weight decay)
-    in two or three foreach kernels per arm: ``torch.optim.SGD.step`` spent about
-    0.25 ms of Python per call here, an eighth of the whole step of both networks.
-    """
-
-    def __init__(self, groups: list[tuple[list[Tensor], float]], momentum: float) -> None:
-        self.groups = groups
-        self.momentum = momentum
-        self.buffers: list[list[Tensor] | None] = [None] * len(groups)
-
-    def zero_grad(self) -> None:
-        for params, _lr in self.groups:
-            for param in params:
-                param.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        for index, (params, lr) in enumerate(self.groups):
-            grads = [param.grad for param in params]
-            if self.momentum:
-                buffers = self.buffers[index]
-                if buffers is None:  # torch's first step: the buffer is the gradient
-                    buffers = self.buffers[index] = torch._foreach_mul(grads, 1.0)
-                else:
-                    torch._foreach_mul_(buffers, self.momentum)
-                    torch._foreach_add_(buffers, grads)
-                grads = buffers
-            torch._foreach_add_(params, grads, alpha=-lr)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"momentum": self.momentum, "lrs": [lr for _params, lr in self.groups],
-                "buffers": self.buffers}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["lrs"] != [lr for _params, lr in self.groups]:
-            raise CheckpointMismatchError("the checkpoint's learning rates differ from this run's")
-        self.buffers = [
-            None if saved is None
-            else [b.to(p.device) for b, p in zip(saved, params, strict=True)]
-            for saved, (params, _lr) in zip(state["buffers"], self.groups, strict=True)
-        ]
-
-
-def _optimizer(arms: list[Arm], momentum: float) -> PlainSGD:
-    return PlainSGD([(list(arm.model.parameters()), arm.lr) for arm in arms], momentum)
-
-
-def _checkpoint_state(job: TrainingJob, optimizer, step: int, loss_sum: Tensor) -> dict:
-    return {
-        "step": step,
-        "models": [arm.model.state_dict() for arm in job.arms],
-        "optimizer": optimizer.state_dict(),
-        "streams": {seed: stream.state_dict() for seed, stream in job.streams.items()},
-        "torch_rng": torch.get_rng_state(),
-        "loss_sum": loss_sum.cpu(),
-        "rows": job.rows,
-        "timings": job.timings,
-    }
-
-
-def _load_into(job: TrainingJob, optimizer, state: dict[str, Any]) -> tuple[int, Tensor]:
-    """Restore ``state`` (a checkpoint) into the job; returns (step, running loss sum)."""
-    for arm, model_state in zip(job.arms, state["models"], strict=True):
-        arm.model.load_state_dict(model_state)
-    optimizer.load_state_dict(state["optimizer"])
-    for seed, stream in job.streams.items():
-        stream.load_state_dict(state["streams"][seed])
-    torch.set_rng_state(state["torch_rng"])
-    job.rows[:] = state["rows"]
-    job.timings.update(state["timings"])
-    device = job.train_x.device
-    return int(state["step"]), state["loss_sum"].to(device)
+def population_stack(stack: StackedMLP, job: TrainingJob, step: int) -> StackedMLP:
+    """A copy of the BN ``stack`` with Algorithm 2 population statistics: weights frozen,
+    :meth:`StackedMLP.recompute_statistics` over ``job.population_batches`` training
+    batches; network k's batches are drawn by a generator seeded by (its seed, ``step``)."""
+    copied = copy.deepcopy(stack)
+    size = job.streams[job.networks[0].seed].batch_size
+    n = job.train_x.shape[0]
+    indices = torch.stack([
+        torch.randint(n, (job.population_batches, size),
+                      generator=indexed_generator(SEEDS(net.seed)["population"], step))
+        for net in job.networks], dim=1).to(job.train_x.device)  # (batches, K, size)
+    copied.recompute_statistics(gather_batches(job.train_x, batch) for batch in indices)
+    return copied
 
 
 def run_job(job: TrainingJob, session: Session, desc: str, *,
@@ -296,101 +259,165 @@ def run_job(job: TrainingJob, session: Session, desc: str, *,
         return train(job, resume=resume, stop_after=stop_after, progress=progress)
 
 
-def train(
-    job: TrainingJob,
-    *,
-    resume: bool = False,
-    stop_after: int | None = None,
-    progress: Progress | None = None,
-) -> TrainingJob:
-    """Train every arm of ``job`` for ``job.steps`` steps; returns ``job`` with its rows.
+def _optimizers(job: TrainingJob) -> dict[str, StackedSGD]:
+    return {arm: StackedSGD(stack, [net.lrs[arm] for net in job.networks], job.momentum)
+            for arm, stack in job.stacks.items()}
 
-    ``job.rows`` gets one row per arm and evaluation: seed, arm, step, accuracy,
-    train_loss (mean over the steps since the previous evaluation), p15, p50, p85.
-    ``resume``: continue from ``job.checkpoint_path`` (its fingerprint must match).
-    ``stop_after``: raise :class:`SimulatedKillError` after that many steps of this call,
-    without writing anything (a kill).
+
+def _checkpoint_state(job: TrainingJob, optimizers: dict[str, StackedSGD], step: int,
+                      loss_sum: dict[str, Tensor]) -> dict[str, Any]:
+    return {
+        "step": step,
+        "models": {arm: stack.state_dict() for arm, stack in job.stacks.items()},
+        "optimizers": {arm: opt.state_dict() for arm, opt in optimizers.items()},
+        "streams": {seed: stream.state_dict() for seed, stream in job.streams.items()},
+        "loss_sum": {arm: value.cpu() for arm, value in loss_sum.items()},
+        "rows": job.rows,
+        "layer": job.layer,
+        "timings": job.timings,
+    }
+
+
+def train(job: TrainingJob, *, resume: bool = False, stop_after: int | None = None,
+          progress: Progress | None = None) -> TrainingJob:
+    """Train both stacks of ``job`` for ``job.steps`` steps; returns ``job`` with its rows.
+
+    ``job.rows`` gets one row per arm, network, statistics kind and evaluation (see
+    :func:`_rows`). ``resume``: continue from ``job.checkpoint_path`` (its fingerprint
+    must match). ``stop_after``: raise :class:`SimulatedKillError` after that many steps
+    of this call, without writing anything (a kill).
     """
-    for arm in job.arms:
-        arm.model.train()
-    optimizer = _optimizer(job.arms, job.momentum)
+    for stack in job.stacks.values():
+        stack.train()
+    optimizers = _optimizers(job)
     device = job.train_x.device
-    loss_sum = torch.zeros(len(job.arms), dtype=torch.float64, device=device)
+    K = len(job.networks)
+    loss_sum = {arm: torch.zeros(K, dtype=torch.float64, device=device) for arm in job.stacks}
     step = 0
-    for key in ("train_s", "eval_s", "checkpoint_s"):
+    for key in ("train_s", "eval_s", "population_s", "checkpoint_s"):
         job.timings.setdefault(key, 0.0)
     job.timings.setdefault("sessions", 0)
     if resume:
         state = load_checkpoint(job.checkpoint_path, job.fingerprint)
-        step, loss_sum = _load_into(job, optimizer, state)
+        for arm, stack in job.stacks.items():
+            stack.load_state_dict(state["models"][arm])
+            optimizers[arm].load_state_dict(state["optimizers"][arm])
+        for seed, stream in job.streams.items():
+            stream.load_state_dict(state["streams"][seed])
+        loss_sum = {arm: value.to(device) for arm, value in state["loss_sum"].items()}
+        job.rows[:] = state["rows"]
+        job.layer.clear()
+        job.layer.update(state["layer"])
+        job.timings.update(state["timings"])
+        step = int(state["step"])
+    elif job.schedule[0] == 0:
+        _evaluate(job, 0, None)
     job.timings["sessions"] += 1
     progress = progress or Progress(job.steps, "", enabled=False)
     progress.start(step)
-    # Per seed: its stream and the arms that share its batches (arm order = loss order).
-    groups = [
-        (job.streams[seed], [arm.model for arm in job.arms if arm.seed == seed])
-        for seed in sorted(job.streams)
-    ]
+    seeds = [net.seed for net in job.networks]
+    order = {seed: i for i, seed in enumerate(job.streams)}
+    picks = torch.tensor([order[seed] for seed in seeds], device=device)
+    stacks = list(job.stacks.items())
+    targets = [t for t in job.schedule if t > step]
     session_steps = 0
-    while step < job.steps:
-        chunk = min(job.eval_every - step % job.eval_every, job.steps - step)
+    last_eval = max([t for t in job.schedule if t <= step], default=0)
+    for target in targets:
+        chunk = target - step
         if stop_after is not None and session_steps + chunk > stop_after:
-            _steps(groups, job.train_x, job.train_y, optimizer, loss_sum,
-                   stop_after - session_steps)
+            _steps(job, stacks, optimizers, picks, loss_sum, stop_after - session_steps)
             raise SimulatedKillError(f"stopped after {stop_after} steps (at step {step})")
         started = time.perf_counter()
-        _steps(groups, job.train_x, job.train_y, optimizer, loss_sum, chunk)
+        _steps(job, stacks, optimizers, picks, loss_sum, chunk)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         job.timings["train_s"] += time.perf_counter() - started
         step += chunk
         session_steps += chunk
-        started = time.perf_counter()
-        new_rows = _evaluate_all(job, step, loss_sum / chunk)
-        loss_sum.zero_()
-        job.rows.extend(new_rows)
-        job.timings["eval_s"] += time.perf_counter() - started
-        if step % job.checkpoint_every == 0 or step == job.steps:
+        mean_loss = {arm: value / (step - last_eval) for arm, value in loss_sum.items()}
+        _evaluate(job, step, mean_loss)
+        last_eval = step
+        for value in loss_sum.values():
+            value.zero_()
+        if step in job.checkpoint_steps or step == job.steps:
             started = time.perf_counter()
             save_checkpoint(job.checkpoint_path, job.fingerprint,
-                            _checkpoint_state(job, optimizer, step, loss_sum))
+                            _checkpoint_state(job, optimizers, step, loss_sum))
             job.timings["checkpoint_s"] += time.perf_counter() - started
-        progress.advance_to(step, **_mean_accuracy(new_rows))
+        progress.advance_to(step, **_mean_accuracy(job.rows, step))
     return job
 
 
-def _mean_accuracy(rows: list[dict[str, Any]]) -> dict[str, str]:
-    """Per arm name, the latest test accuracy averaged over seeds (for the progress bar)."""
+def _mean_accuracy(rows: list[dict[str, Any]], step: int) -> dict[str, str]:
+    """Per arm, the latest test accuracy averaged over networks (for the progress bar)."""
     accuracy: dict[str, list[float]] = {}
     for row in rows:
-        accuracy.setdefault(row["arm"], []).append(row["accuracy"])
+        if row["step"] == step and row["stats"] != "population":
+            accuracy.setdefault(row["arm"], []).append(row["accuracy"])
     return {arm: f"{sum(values) / len(values):.4f}" for arm, values in accuracy.items()}
 
 
-def _steps(groups, train_x: Tensor, train_y: Tensor, optimizer, loss_sum: Tensor,
+def _steps(job: TrainingJob, stacks, optimizers, picks: Tensor, loss_sum: dict[str, Tensor],
            count: int) -> None:
-    """``count`` SGD steps of every arm; the hot loop, so no host work beyond the calls."""
+    """``count`` SGD steps of every network; the hot loop, so no host work beyond the calls."""
+    streams = list(job.streams.values())
     for _ in range(count):
-        losses = []
-        for stream, models in groups:
-            index = stream.next()
-            x = train_x.index_select(0, index)
-            y = train_y.index_select(0, index)
-            for model in models:
-                losses.append(F.cross_entropy(model(x), y))
-        stacked = torch.stack(losses)
-        optimizer.zero_grad()
-        stacked.sum().backward()
-        optimizer.step()
-        loss_sum.add_(stacked.detach())
+        batches = torch.stack([stream.next() for stream in streams])
+        index = batches.index_select(0, picks)  # (K, batch): network k gets its seed's batch
+        x = gather_batches(job.train_x, index)
+        y = gather_batches(job.train_y, index)
+        for arm, stack in stacks:
+            losses = stacked_cross_entropy(stack(x), y)
+            optimizer = optimizers[arm]
+            optimizer.zero_grad()
+            losses.sum().backward()
+            optimizer.step()
+            loss_sum[arm].add_(losses.detach())
 
 
-def _evaluate_all(job: TrainingJob, step: int, mean_losses: Tensor) -> list[dict[str, Any]]:
-    losses = mean_losses.tolist()
+def _evaluate(job: TrainingJob, step: int, mean_loss: dict[str, Tensor] | None) -> None:
+    started = time.perf_counter()
+    for arm, stack in job.stacks.items():
+        result = evaluate_stack(stack, job.eval_x, job.eval_y, job.unit, light=job.light)
+        loss = None if mean_loss is None else mean_loss[arm]
+        job.rows.extend(_rows(job, arm, "moving" if arm == "bn" else "none", step, result, loss))
+        _keep_layer(job, arm, "moving" if arm == "bn" else "none", result)
+    job.timings["eval_s"] += time.perf_counter() - started
+    population = not job.light and (step in job.checkpoint_steps or step == job.steps)
+    if population and "bn" in job.stacks:
+        started = time.perf_counter()
+        stack = population_stack(job.stacks["bn"], job, step)
+        result = evaluate_stack(stack, job.eval_x, job.eval_y, job.unit)
+        job.rows.extend(_rows(job, "bn", "population", step, result, None))
+        job.timings["population_s"] += time.perf_counter() - started
+
+
+def _keep_layer(job: TrainingJob, arm: str, stats: str, result: dict[str, Tensor]) -> None:
+    for kind in ("pre", "xhat"):
+        if f"{kind}_layer" in result:
+            job.layer.setdefault(f"{arm}/{stats}/{kind}", []).append(
+                result[f"{kind}_layer"].float().cpu())
+
+
+def _rows(job: TrainingJob, arm: str, stats: str, step: int, result: dict[str, Tensor],
+          train_loss: Tensor | None) -> list[dict[str, Any]]:
+    """One row per network: seed, arm, pair, lr, stats (none / moving / population), step,
+    accuracy, test_loss, train_loss (mean since the previous evaluation; None at step 0
+    and for population rows), p15/p50/p85 of the unit's sigmoid input, xhat_p15/50/85
+    (BN), layer_p15/50/85 (median over the layer's units of each percentile)."""
     rows = []
-    for arm, loss in zip(job.arms, losses, strict=True):
-        result = evaluate(arm.model, job.eval_x, job.eval_y, job.unit)
-        rows.append({"seed": arm.seed, "arm": arm.name, "step": step,
-                     "accuracy": result["accuracy"], "train_loss": loss,
-                     "p15": result["p15"], "p50": result["p50"], "p85": result["p85"]})
+    for k, net in enumerate(job.networks):
+        row: dict[str, Any] = {
+            "seed": net.seed, "arm": arm, "pair": net.pair, "lr": net.lrs[arm], "stats": stats,
+            "step": step, "accuracy": float(result["accuracy"][k]),
+            "test_loss": float(result["loss"][k]),
+            "train_loss": None if train_loss is None else float(train_loss[k]),
+        }
+        for prefix, kind in (("", "pre"), ("xhat_", "xhat")):
+            for i, name in enumerate(("p15", "p50", "p85")):
+                row[prefix + name] = (float(result[kind][k, i]) if kind in result else None)
+        for i, name in enumerate(("p15", "p50", "p85")):
+            row["layer_" + name] = (float(result["pre_layer"][k, :, i].median())
+                                    if "pre_layer" in result else None)
+        rows.append(row)
     return rows
