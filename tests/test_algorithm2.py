@@ -57,7 +57,7 @@ def test_batchnormalize_convnet_nested():
     assert bn_model(torch.randn(3, 2, 6, 6)).shape == (3, 5)
 
 
-def test_batchnormalize_explains_what_it_understands():
+def test_batchnormalize_reads_custom_forward_and_warns_when_nothing_changes():
     class Custom(nn.Module):
         def __init__(self):
             super().__init__()
@@ -66,8 +66,12 @@ def test_batchnormalize_explains_what_it_understands():
         def forward(self, x):
             return torch.relu(self.linear(x))
 
-    with pytest.raises(ValueError, match="no Linear/Conv1d/Conv2d/Conv3d followed by a nonlin"):
-        batchnormalize(Custom())
+    result = batchnormalize(Custom())
+    assert isinstance(result.get_submodule("linear_bn"), BatchNorm1d)
+    assert result.linear.bias is None
+    with pytest.warns(UserWarning, match="changed nothing: no Linear/Conv1d/Conv2d/Conv3d"):
+        unchanged = batchnormalize(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2)))
+    assert not any(isinstance(m, BatchNorm1d) for m in unchanged.modules())
 
 
 def _train(model, steps=20, shape=(16, 2, 6, 6)):
@@ -108,6 +112,7 @@ def test_fold_matches_oracle_and_handles_torch_layers():
         bn.running_var.uniform_(0.5, 2)
         bn.weight.normal_()
         bn.bias.normal_()
+        bn.num_batches_tracked.fill_(10)  # statistics from somewhere: no warning
     folded = fold(nn.Sequential(linear, bn))[0]
     weight, bias = reference.fold_linear(
         linear.weight.detach().numpy(), linear.bias.detach().numpy(),
@@ -120,7 +125,8 @@ def test_fold_matches_oracle_and_handles_torch_layers():
 
 def test_fold_keeps_bn_without_statistics():
     model = nn.Sequential(nn.Linear(3, 3), BatchNorm1d(3, track_running_stats=False))
-    assert isinstance(fold(model)[1], BatchNorm1d)
+    with pytest.warns(UserWarning, match="folded nothing: 1: no running statistics"):
+        assert isinstance(fold(model)[1], BatchNorm1d)
 
 
 def _collect_bn_inputs(model, batches):

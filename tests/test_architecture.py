@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "models": 6,
     "": 5,  # the package root: re-exports the public API
     "algorithm2": 4,
+    "convert": 4,
     "fused": 4,
     "layers": 4,
     "functional": 3,
@@ -33,6 +34,7 @@ LAYERS: dict[str, int] = {
     "backends": 2,
     "data": 2,
     "reference": 1,
+    "graph": 1,
     "activations": 0,
     "files": 0,
 }

@@ -1,6 +1,7 @@
 """Batch Normalization (Ioffe & Szegedy 2015), exactly."""
 
-from batchnorm.algorithm2 import batchnormalize, fold, recompute_statistics
+from batchnorm.algorithm2 import Report, batchnormalize, fold, recompute_statistics
+from batchnorm.convert import convert, convert_to_torch
 from batchnorm.functional import batch_norm
 from batchnorm.fused import BatchNormAct1d, BatchNormAct2d
 from batchnorm.layers import BatchNorm1d, BatchNorm2d, BatchNorm3d
@@ -11,8 +12,11 @@ __all__ = [
     "BatchNorm3d",
     "BatchNormAct1d",
     "BatchNormAct2d",
+    "Report",
     "batch_norm",
     "batchnormalize",
+    "convert",
+    "convert_to_torch",
     "fold",
     "recompute_statistics",
 ]
