@@ -538,8 +538,9 @@ def _stability_section(summary: dict[str, Any]) -> list[str]:
 
 
 def _sweep_section(sweep: dict[str, Any] | None, summary: dict[str, Any]) -> list[str]:
-    if not sweep:
-        return []
+    if not sweep or "per_seed_final" not in sweep:
+        return ["## Learning rates", "", f"No sweep recorded ({(sweep or {}).get('source')}).",
+                ""]
     lines = ["## Learning rates (sweep on the validation split)", "",
              f"Source: {sweep.get('source', 'this run')}. Both arms, {sweep['seeds']} seeds per "
              f"rate, {sweep['steps']} steps each (shorter than the figure's runs), trained on "
