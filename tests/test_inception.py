@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 
@@ -15,6 +16,8 @@ from batchnorm.experiments.inception import (
     ABLATIONS,
     BASE_LR,
     DISTORTIONS,
+    MAIN,
+    PLATEAU_GAIN,
     PRESETS,
     InceptionExperimentConfig,
     Recipe,
@@ -26,9 +29,13 @@ from batchnorm.experiments.inception import (
     build_model,
     build_optimizer,
     distort,
-    ensemble_recipe,
+    ensemble_of_best,
     evaluation_steps,
+    group_seeds,
+    judge,
     learning_rate,
+    plateau_gain,
+    run_numbers,
     steps_to_reach,
     synthetic_splits,
     train_run,
@@ -130,13 +137,22 @@ def test_full_shuffling_mixes_the_whole_set():
         batch_order(1000, 10, 0, 0, "nope", 100)
 
 
-def test_decay_schedule_values():
-    recipe = Recipe(lr=0.1)
-    assert learning_rate(recipe, 0, 1000) == pytest.approx(0.1)
-    assert learning_rate(recipe, 1000, 1000) == pytest.approx(0.1 * 0.5 ** (1 / 3))
-    faster = recipe.replace(lr_decay_speed=6.0)
-    assert learning_rate(faster, 1000, 1000) == pytest.approx(0.025)
-    assert learning_rate(faster, 500, 1000) == pytest.approx(0.05)
+def test_schedule_anneals_to_zero_and_keeps_the_faster_decay():
+    total = 1000
+    for speed in (1.0, 6.0):
+        recipe = Recipe(lr=0.1, lr_decay_speed=speed)
+        values = [learning_rate(recipe, t, total) for t in range(total)]
+        assert values[0] == pytest.approx(0.1)
+        assert values[-1] == pytest.approx(0.0, abs=1e-12)  # the last step's lr is 0
+        assert values[-2] < 1e-5 * 0.1
+        assert all(a >= b for a, b in itertools.pairwise(values))  # monotone
+    slow, fast = Recipe(lr=0.1), Recipe(lr=0.1, lr_decay_speed=6.0)
+    # Under the same cosine envelope the x6 exponential factor stays 0.5 ** (p * 5 / 3) lower.
+    for t in (100, 500, 900):
+        ratio = learning_rate(fast, t, total) / learning_rate(slow, t, total)
+        assert ratio == pytest.approx(0.5 ** ((t / (total - 1)) * 5 / 3))
+    assert learning_rate(slow, 500, total) == pytest.approx(
+        0.1 * 0.5 ** (500 / 999 / 3) * (1 + math.cos(math.pi * 500 / 999)) / 2)
 
 
 def test_distortion_strengths():
@@ -190,12 +206,26 @@ def test_variants_follow_the_paper():
     assert x5.weight_decay == pytest.approx(base.weight_decay / 5)
     assert x5.lr_decay_speed == 6 * base.lr_decay_speed
     assert variant_recipe("bn-x5-sigmoid") == x5.replace(activation="sigmoid")
-    assert variant_recipe("inception-x5") == base.replace(lr=5 * BASE_LR)
     assert variant_recipe("inception-sigmoid") == base.replace(activation="sigmoid")
-    member = ensemble_recipe()
-    assert member.head_bn1d and 0 < member.dropout < base.dropout and member.lr == x30.lr
     with pytest.raises(ValueError):
         variant_recipe("nope")
+
+
+def _differences(a: Recipe, b: Recipe) -> set[str]:
+    return {k for k, v in a.to_dict().items() if v != b.to_dict()[k]}
+
+
+def test_controls_differ_from_bn_x5_only_in_bn_and_lr():
+    x5, x30 = variant_recipe("bn-x5"), variant_recipe("bn-x30")
+    control = variant_recipe("inception-changes")
+    assert _differences(control, x5) == {"batch_norm", "lr"}
+    assert not control.batch_norm and control.lr == BASE_LR
+    # It has all six regularization changes that bn-x5 has over the baseline.
+    assert _differences(control, variant_recipe("inception")) == {
+        "dropout", "weight_decay", "lr_decay_speed", "lrn", "shuffle", "distortion"}
+    assert _differences(variant_recipe("inception-x5"), x5) == {"batch_norm"}
+    assert _differences(variant_recipe("inception-x30"), x30) == {"batch_norm"}
+    assert set(MAIN) == {"inception", "bn-baseline", "bn-x5", "bn-x30", "inception-changes"}
 
 
 def test_each_ablation_undoes_exactly_one_change():
@@ -208,9 +238,9 @@ def test_each_ablation_undoes_exactly_one_change():
     assert recipes["undo-lr-x5"].lr == BASE_LR
 
 
-def test_evaluation_steps_at_least_fifty():
-    steps = evaluation_steps(2000, 50)
-    assert len(steps) == 50 and steps[-1] == 2000
+def test_evaluation_steps():
+    steps = evaluation_steps(1200, 15)
+    assert len(steps) == 15 and steps[-1] == 1200 and steps[0] == 80
     assert evaluation_steps(10, 50) == list(range(1, 11))
 
 
@@ -220,11 +250,11 @@ def test_cli_overrides_every_recipe_flag():
     args = parser.parse_args([
         "--preset", "quick", "--dropout", "0.1", "--weight-decay", "1e-3", "--lr", "0.5",
         "--lr-decay-speed", "2", "--lrn", "off", "--shuffle", "full", "--distortion", "none",
-        "--variants", "inception", "bn-x5", "--seeds", "2", "--ensemble-members", "1",
+        "--variants", "inception", "bn-x5", "bn-x5-sigmoid", "--seeds", "2",
     ])
     specs = inception.plan_runs(args)
     assert [s.name for s in specs] == ["inception", "inception@s1", "bn-x5", "bn-x5@s1",
-                                       "ensemble-0"]
+                                       "bn-x5-sigmoid"]
     for spec in specs:
         r = spec.recipe
         assert (r.dropout, r.weight_decay, r.lr, r.lr_decay_speed, r.lrn, r.shuffle,
@@ -317,11 +347,11 @@ def test_cli_resume_with_other_settings_exits_2(tmp_path, capsys):
     from batchnorm.cli import main
 
     flags = ["reproduce", "inception", "--dataset", "synthetic", "--preset", "quick",
-             "--variants", "inception", "--ensemble-members", "0", "--steps", "4",
+             "--variants", "inception", "--steps", "4",
              "--out", str(tmp_path / "run"), "--no-progress"]
     assert main(flags) == 0
     out = capsys.readouterr().out
-    assert "max validation accuracy: inception" in out and "report.md" in out
+    assert "final validation accuracy: inception" in out and "report.md" in out
     assert main([*flags, "--resume"]) == 0  # same settings: the finished run is reused
     capsys.readouterr()
     assert main([*flags, "--resume", "--dropout", "0.1"]) == 2
@@ -338,7 +368,10 @@ def test_presets_are_valid_and_flags_override_them():
     specs = inception.plan_runs(args)
     assert {spec.scale.steps for spec in specs} == {7}
     assert {spec.scale.width for spec in specs} == {PRESETS["quick"]["width"]}
-    assert len(specs) == 7 + PRESETS["quick"]["ensemble_members"]
+    config = InceptionExperimentConfig(**PRESETS["quick"])
+    assert len(specs) == sum(config.seeds_of(v) for v in config.variants) == 14
+    gpu = InceptionExperimentConfig(**PRESETS["gpu"])
+    assert gpu.width >= 1 and gpu.steps * 32 / 50000 >= 15 and gpu.eval_size == 10000
 
 
 @pytest.mark.slow
@@ -351,13 +384,119 @@ def test_quick_preset_end_to_end(tmp_path):
                  "--out", str(out), "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["variants"]) == {"inception", "bn-baseline", "bn-x5", "bn-x30",
-                                        "bn-x5-sigmoid", "inception-x5", "inception-sigmoid"}
-    for row in summary["variants"].values():
-        assert isinstance(row["diverged"], bool)
-        assert row["max_accuracy"] is None or 0 <= row["max_accuracy"] <= 1
-    assert summary["variants"]["inception"]["steps_to_inception_max"] is not None
-    assert 0 <= summary["ensemble_accuracy"] <= 1
+                                        "bn-x5-sigmoid", "inception-changes", "inception-x5",
+                                        "inception-x30", "inception-sigmoid"}
+    for name, runs in summary["variants"].items():
+        assert len(runs) == (2 if name in MAIN else 1)
+        for row in runs:
+            assert isinstance(row["diverged"], bool)
+            assert row["final"] is None or 0 <= row["final"] <= 1
+    assert len(summary["verdicts"]) == 4
+    assert all(c["verdict"] in ("supported", "not supported", "mixed")
+               for c in summary["verdicts"])
+    assert summary["ensemble"]["recipe"] in MAIN and len(summary["ensemble"]["members"]) == 2
     for name in ("figure2.png", "report.md", "config.json", "metrics.csv"):
         assert (out / name).stat().st_size > 0
     history = json.loads((out / "results" / "bn-x5.json").read_text())["history"]
-    assert len(history) >= 50 and all(math.isfinite(h["train_loss"]) for h in history)
+    assert len(history) == PRESETS["quick"]["evaluations"]
+    assert all(math.isfinite(h["train_loss"]) for h in history)
+    assert history[-1]["lr"] < 1e-3 * history[0]["lr"]  # annealed to ~0
+
+
+# --- analysis on synthetic histories ---------------------------------------------------------
+
+
+def _history(accuracies, every=100):
+    return [{"step": every * (i + 1), "val_accuracy": a, "train_loss": 1.0, "lr": 0.1}
+            for i, a in enumerate(accuracies)]
+
+
+def _result(name, seed, accuracies, final=None, diverged=False, steps=1000):
+    return {"name": name, "seed": seed, "history": _history(accuracies),
+            "scale": {"steps": steps, "evaluations": len(accuracies)},
+            "diverged": diverged, "diverged_at_step": 300 if diverged else None,
+            "final_val_accuracy": None if diverged else (final or accuracies[-1]),
+            "test_accuracy": None if diverged else (final or accuracies[-1]),
+            "last_curve_accuracy": None if diverged else accuracies[-1]}
+
+
+def test_plateau_gain_on_synthetic_histories():
+    rising = _history([0.1 * i for i in range(1, 11)])
+    assert plateau_gain(rising, 1000) == pytest.approx(0.2)  # 0.1 per 100 steps x 200 steps
+    flat = _history([0.5] * 7 + [0.8, 0.801, 0.799])
+    assert abs(plateau_gain(flat, 1000)) < PLATEAU_GAIN
+    assert plateau_gain(_history([0.5]), 1000) is None
+
+
+def test_run_numbers_target_censoring_and_divergence():
+    numbers = run_numbers(_result("a", 0, [0.5, 0.7, 0.76, 0.8] + [0.8] * 6), 0.75, 0.79)
+    assert numbers["steps_to_target"] == 300 and not numbers["censored"]
+    assert numbers["steps_to_baseline_final"] == 400
+    assert numbers["plateaued"] and numbers["final"] == 0.8
+    never = run_numbers(_result("b", 0, [0.5] * 10), 0.75, 0.79)
+    assert never["steps_to_target"] is None and never["censored"] and never["steps"] == 1000
+    diverged = run_numbers(_result("c", 0, [0.5, float("nan")], diverged=True), 0.75, None)
+    assert diverged["diverged"] and diverged["final"] == 0.1 and diverged["steps"] == 1000
+
+
+def test_group_seeds():
+    assert group_seeds(["bn-x5@s1", "bn-x5", "inception", "bn-x5-sigmoid"]) == {
+        "bn-x5": ["bn-x5", "bn-x5@s1"], "inception": ["inception"],
+        "bn-x5-sigmoid": ["bn-x5-sigmoid"]}
+
+
+def _numbers(variant, seeds_steps_final):
+    return [run_numbers(_result(variant if seed == 0 else f"{variant}@s{seed}", seed,
+                                [0.9 if (i + 1) * 100 >= steps else 0.5 for i in range(10)],
+                                final=final), 0.75, None)
+            for seed, (steps, final) in enumerate(seeds_steps_final)]
+
+
+def test_verdicts_on_synthetic_runs():
+    per_variant = {
+        "inception": _numbers("inception", [(800, 0.80), (900, 0.81)]),
+        "bn-baseline": _numbers("bn-baseline", [(300, 0.85), (400, 0.86)]),  # faster
+        "bn-x5": _numbers("bn-x5", [(500, 0.90), (700, 0.87)]),  # slower, noisy
+        "bn-x30": _numbers("bn-x30", [(300, 0.80), (400, 0.81)]),  # ends worse
+        "bn-x5-sigmoid": _numbers("bn-x5-sigmoid", [(600, 0.84)]),
+        "inception-sigmoid": [run_numbers(_result("inception-sigmoid", 0, [0.1] * 10), 0.75,
+                                          None)],
+    }
+    verdicts = {c["claim"].split(" (")[0]: c for c in judge(per_variant)}
+    assert verdicts["BN trains faster"]["verdict"] == "supported"
+    faster = verdicts["BN trains faster"]["comparisons"][0]
+    assert faster["a"] == [800, 900] and faster["b"] == [300, 400]
+    higher_lr = verdicts["a higher lr helps with BN"]
+    by_label = {row["comparison"]: row["verdict"] for row in higher_lr["comparisons"]}
+    assert by_label["final(bn-x30) - final(bn-baseline)"] == "not supported"
+    assert higher_lr["verdict"] == "mixed"
+    sigmoid = verdicts["sigmoid is trainable with BN"]["comparisons"][0]
+    assert sigmoid["verdict"] == "supported" and "one seed" in sigmoid["interval_kind"]
+    assert "BN is what makes the high rate work" not in verdicts  # its controls were not run
+
+
+def test_ensemble_uses_the_best_recipes_seeds(tmp_path):
+    from batchnorm.experiments.runner import save_tensors, write_json
+
+    labels = torch.tensor([0, 1, 2, 0])
+    save_tensors(tmp_path / "results" / "labels.pt", {"val": labels, "test": labels})
+    results, per_variant = {}, {}
+    eye = torch.eye(3)
+    for variant, final in (("bn-x5", 0.9), ("bn-x30", 0.8), ("bn-x5-sigmoid", 0.95)):
+        seeds = 2 if variant in MAIN else 1  # the 1-seed recipe is never the ensemble
+        runs = []
+        for seed in range(seeds):
+            name = variant if seed == 0 else f"{variant}@s{seed}"
+            result = _result(name, seed, [final] * 10)
+            results[name] = result
+            write_json(tmp_path / "results" / f"{name}.json", result)
+            wrong = 3 - seed  # each member gets one different example wrong
+            probabilities = eye[labels].clone()
+            probabilities[wrong % 4] = eye[(labels[wrong % 4] + 1) % 3]
+            save_tensors(tmp_path / "results" / f"{name}.pt",
+                         {"val": probabilities, "test": probabilities})
+            runs.append(run_numbers(result, 0.75, None))
+        per_variant[variant] = runs
+    ensemble = ensemble_of_best(tmp_path, results, per_variant)
+    assert ensemble["recipe"] == "bn-x5" and ensemble["members"] == ["bn-x5", "bn-x5@s1"]
+    assert set(ensemble["member_accuracies"]) == {"bn-x5", "bn-x5@s1"}

@@ -107,6 +107,7 @@ def run_numbers(result: dict[str, Any], target: float,
         "censored": reached is None,
         "final": CHANCE if diverged else result.get("final_val_accuracy"),
         "eval_interval": steps / max(1, min(result["scale"]["evaluations"], steps)),
+        "budget": steps,
     }
 
 

@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from batchnorm.experiments.inception.analysis import group_seeds
-from batchnorm.experiments.inception.recipe import CONTROLS, VARIANTS
+from batchnorm.experiments.inception.recipe import CONTROLS, VARIANTS, Recipe
+from batchnorm.experiments.inception.train import learning_rate
 from batchnorm.experiments.runner.plots import mean_band, save_plot
 
 __all__ = ["save_figure2"]
@@ -52,22 +53,23 @@ def _draw(figure: Any, results: dict[str, dict[str, Any]], target: float | None)
                       linestyle="--" if dashed else "-", marker=".", markersize=3)
         else:
             axis.plot([], [], color=color, label=label, linestyle="--" if dashed else "-")
-        if name in ("inception", "bn-x5", "inception-changes", "bn-x30"):
-            history = runs[0]["history"]
-            lr0, speed = runs[0]["recipe"]["lr"], runs[0]["recipe"]["lr_decay_speed"]
-            schedule.plot([h["step"] for h in history], [h["lr"] / lr0 for h in history],
-                          color=color, linestyle="--" if dashed else "-",
-                          label=f"{name} (lr0 {lr0:g}, decay x{speed:g})")
+        if name in ("inception", "bn-x5"):  # the two decay speeds (x1, x6)
+            recipe = Recipe(**runs[0]["recipe"])
+            total = runs[0]["scale"]["steps"]
+            every = range(0, total, max(1, total // 300))
+            schedule.plot(list(every), [learning_rate(recipe, t, total) / recipe.lr
+                                        for t in every], color=color,
+                          label=f"{name}: decay speed x{recipe.lr_decay_speed:g}")
     if target is not None:
         axis.axhline(target, color="gray", lw=0.8, ls=":", label=f"target {100 * target:g}%")
     axis.set_xscale("log")
     axis.set_xlabel("training steps (mini-batches of 32, log scale)")
     axis.set_ylabel("validation accuracy (fraction, single crop)")
     axis.set_title("Figure 2 at small scale: mean over seeds, band = seed range")
-    axis.set_ylim(0, 1)
-    axis.legend(loc="lower right", fontsize=7)
+    axis.set_ylim(0, 1.15)
+    axis.legend(loc="upper left", fontsize=7, ncol=2)
     schedule.set_xlabel("training steps (mini-batches of 32)")
     schedule.set_ylabel("learning rate / initial learning rate")
-    schedule.set_title("schedules (at the evaluation steps)")
+    schedule.set_title("learning-rate schedules (every run ends at 0)")
     schedule.set_ylim(0, 1.05)
     schedule.legend(loc="upper right", fontsize=7)

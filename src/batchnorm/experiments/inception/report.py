@@ -171,7 +171,7 @@ def _steps(row: dict[str, Any], key: str = "steps_to_target") -> str:
     if row["diverged"]:
         return "diverged"
     value = row[key]
-    return f">{row['steps'] if key == 'steps_to_target' else '-'}" if value is None else str(value)
+    return f">{row['budget']}" if value is None else str(value)
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -179,7 +179,7 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(numbers) / len(numbers) if numbers and len(numbers) == len(values) else None
 
 
-def _variant_table(per_variant: dict[str, list[dict[str, Any]]], budget: int) -> list[str]:
+def _variant_table(per_variant: dict[str, list[dict[str, Any]]]) -> list[str]:
     out = ["| model | seeds | final val acc (mean; per seed) | test acc (mean; per seed) "
            "| steps to target | steps to baseline final | plateaued (rise over last 20%) "
            "| paper: steps to 72.2% | paper: max |",
@@ -241,7 +241,6 @@ def _render(config: dict[str, Any], per_variant: dict[str, list[dict[str, Any]]]
             results: dict[str, dict[str, Any]], target: float | None) -> str:
     out = ["# Inception variants at small scale (Figures 2-3 of Ioffe & Szegedy 2015)", ""]
     any_result = next(iter(results.values()), None)
-    budget = any_result["scale"]["steps"] if any_result else 0
     if any_result:
         scale = any_result["scale"]
         out += [f"Network: small Inception, depth {any_result['depth']} weight layers, width "
@@ -254,14 +253,17 @@ def _render(config: dict[str, Any], per_variant: dict[str, list[dict[str, Any]]]
     if per_variant:
         out += [f"## Figure 3: final accuracy and steps to the target {_pct(target)} "
                 "(validation)", ""]
-        out += _variant_table(per_variant, budget)
+        out += _variant_table(per_variant)
         out += ["", "![Figure 2](figure2.png)", ""]
     if verdicts:
         out += ["## Verdicts (computed by `analysis.judge`; a claim is supported only if "
                 "every comparison is)", ""]
         out += _verdict_lines(verdicts)
-        out += ["", "Rules: " + "; ".join(sorted({row["rule"] for claim in verdicts
-                                                     for row in claim["comparisons"]})), ""]
+        out += ["", "Rule for every comparison (`runner.evidence.decide`, margin 0): supported "
+                "if the whole 95% interval of a - b lies above 0; not supported if it lies "
+                "entirely below 0 (the paper's claim is contradicted); mixed if it straddles "
+                "0 (these seeds cannot tell). A claim is supported (not supported) only if all "
+                "its comparisons are; otherwise mixed.", ""]
     if ensemble:
         out += [f"## Ensemble (section 9): the {len(ensemble['members'])} seeds of the best "
                 f"recipe, {ensemble['recipe']} (highest mean final validation accuracy)", "",
