@@ -272,6 +272,10 @@ def recompute_statistics(
         raise ValueError("recompute_statistics: the model has no BN layer that tracks statistics")
     modes = {module: module.training for module in model.modules()}
     saved_counts = {layer: layer.num_batches_tracked.clone() for layer in layers}
+    # All or nothing: the layers update their own buffers while the batches run, so
+    # keep every buffer to put back if anything (a bad batch, Ctrl-C) stops us part-way.
+    saved_buffers = {layer: {name: buffer.clone() for name, buffer in layer.named_buffers()}
+                     for layer in layers}  # fmt: skip
     pooled: dict[nn.Module, list[Tensor]] = {}
 
     def observe(layer: nn.Module, inputs: tuple[Tensor, ...]) -> None:
@@ -313,20 +317,30 @@ def recompute_statistics(
                 break
             model(_first_tensor(batch))
             seen += 1
+        if seen == 0:
+            raise ValueError("recompute_statistics: no batches were given")
+        for layer in layers:
+            if layer not in pooled or int(pooled[layer][2]) == 0:
+                raise ValueError(
+                    f"recompute_statistics: every batch had non-finite statistics at "
+                    f"{type(layer).__name__}({layer.num_features})"
+                    if layer in pooled else
+                    f"recompute_statistics: {type(layer).__name__}({layer.num_features}) "
+                    "never ran on these batches"
+                )  # fmt: skip
+    except BaseException:
+        for layer, buffers in saved_buffers.items():
+            for name, buffer in layer.named_buffers():
+                if name in buffers:
+                    buffer.copy_(buffers[name])
+        raise
     finally:
         for hook in hooks:
             hook.remove()
         for module, training in modes.items():
             module.train(training)
-    if seen == 0:
-        raise ValueError("recompute_statistics: no batches were given")
     for layer in layers:
         mean, var, done_batches, done_samples = pooled[layer]
-        if int(done_batches) == 0:
-            raise ValueError(
-                f"recompute_statistics: every batch had non-finite statistics at "
-                f"{type(layer).__name__}({layer.num_features})"
-            )
         layer.running_mean.copy_(mean.to(layer.running_mean.dtype))
         layer.running_var.copy_(var.to(layer.running_var.dtype))
         layer.num_batches_tracked.copy_(saved_counts[layer] + seen)

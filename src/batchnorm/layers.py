@@ -16,6 +16,7 @@ weight-decay filters) all keep working. What changes is the forward:
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from typing import Any
 
@@ -50,8 +51,9 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         backend: str = "auto",
     ) -> None:
         name = type(self).__name__
-        if isinstance(num_features, bool) or not isinstance(num_features, int):
+        if isinstance(num_features, bool) or not isinstance(num_features, numbers.Integral):
             raise TypeError(f"{name}: num_features must be an int, got {num_features!r}")
+        num_features = int(num_features)  # NumPy integers and the like, as torch accepts
         if num_features <= 0:
             raise ValueError(f"{name}: num_features must be positive, got {num_features}")
         if not eps > 0:
@@ -102,7 +104,7 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
 
     def _check_statistics_tracked(self) -> None:
         """Eval mode on the initial running statistics (mean 0, var 1) is almost never meant."""
-        if int(self.num_batches_tracked) > 0:
+        if self.num_batches_tracked.device.type == "meta" or int(self.num_batches_tracked) > 0:
             self._has_statistics = True
             return
         message = (
@@ -132,8 +134,8 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         tracking = self.training and self.track_running_stats
         momentum = None  # offered to an in-kernel update (moving averages only)
         if tracking and self.estimator != "population":
-            momentum = (
-                1.0 / (float(self.num_batches_tracked) + 1.0)
+            momentum = (  # cumulative: 1/t over the batches actually averaged in
+                1.0 / (float(self.num_batches_tracked - self.skipped_updates) + 1.0)
                 if self.estimator == "cumulative"
                 else self.momentum
             )
@@ -175,7 +177,9 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
             if key in missing_keys:
                 missing_keys.remove(key)
                 getattr(self, buffer).zero_()
-        self._has_statistics = False
+        # Loaded running statistics are statistics, even from a torch version that kept no
+        # num_batches_tracked (it then loads as 0): use them silently, as torch does.
+        self._has_statistics = prefix + "running_mean" in state_dict
 
     def extra_repr(self) -> str:
         text = super().extra_repr()

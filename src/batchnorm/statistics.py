@@ -8,7 +8,8 @@ Three estimators, chosen per layer:
     batch variance ``m/(m-1) * var_B``.
 ``"cumulative"``
     torch's ``momentum=None``: the same update with ``momentum = 1/t`` at the
-    t-th batch, i.e. the plain average of batch means and unbiased variances.
+    t-th batch, i.e. the plain average of batch means and unbiased variances
+    (t counts the batches averaged in: a skipped non-finite batch does not count).
 ``"population"``
     Algorithm 2, step 3, exactly, and correct for batches of different sizes::
 
@@ -141,7 +142,11 @@ def update_running_statistics(
         samples.add_(finite.to(samples.dtype) * count)
         return ~finite
     if estimator == "cumulative":
-        momentum = 1.0 / float(owner.num_batches_tracked.item())
+        # 1/t with t the batches averaged so far, this one included: a skipped
+        # (non-finite) batch counts in num_batches_tracked but not in the average.
+        skipped = getattr(owner, "skipped_updates", None)
+        applied = owner.num_batches_tracked - (skipped if skipped is not None else 0)
+        momentum = 1.0 / float(applied)
     elif estimator == "ema":
         if owner.momentum is None:
             raise ValueError("the 'ema' estimator needs a momentum; momentum=None is 'cumulative'")

@@ -10,10 +10,13 @@ the output). With a per-channel shift ``s`` (the channel's first value)::
 
     d = x - s,  S1 = sum(d),  S2 = sum(d^2)            # one pass, two sums
     mu = s + S1/m,  var = max(S2/m - (S1/m)^2, 0)       # biased
-    y = act(x * a + b'),  a = gamma / sqrt(var + eps),  b' = beta - mu * a
+    y = act((x - s) * a + b'),  a = gamma / sqrt(var + eps),  b' = beta - (S1/m) * a
 
 The shift keeps ``S2/m - (S1/m)^2`` free of the cancellation that ruins the
-textbook ``E[x^2] - E[x]^2`` when |mean| >> std, at the cost of nothing.
+textbook ``E[x^2] - E[x]^2`` when |mean| >> std, at the cost of nothing. The
+sums are accumulated in float64 on the CPU (:func:`accumulate_dtype`): with
+float32 sums, ``d^2`` overflows for |x| beyond ~1e19 and a sum of many of them
+far earlier, and the statistics turned into inf/NaN where the input is finite.
 
 *Backward* (one read of x and dy for two sums, one more read and a write for
 dx), with ``g = dy * act'(z)``::
@@ -82,6 +85,13 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def accumulate_dtype(x: Tensor) -> torch.dtype:
+    """Sums over a channel: float64 on the CPU (as ATen's CPU kernels accumulate), so that
+    values up to float32's range keep finite, exact statistics; the compute dtype on GPUs
+    (float64 arithmetic is slow there; ATen's CUDA kernels accumulate in float32 too)."""
+    return torch.float64 if x.device.type == "cpu" else compute_dtype(x.dtype)
+
+
 def reduction_dims(input: Tensor) -> list[int]:
     """The dimensions a channel's statistics are taken over: all but dimension 1."""
     return [0, *range(2, input.dim())]
@@ -114,21 +124,25 @@ def forward_train(
     """Training forward: returns (y, batch_mean, batch_var (biased), invstd)."""
     cl = is_channels_last(x)
     ct = compute_dtype(x.dtype)
-    x3 = _view3(x, cl).to(ct)
+    at = accumulate_dtype(x)
+    x3 = _view3(x, cl)
     m = x.numel() // x.shape[1]
-    shift = x3[0, 0] if cl else x3[0, :, 0]
-    d = x3 - _bcast(shift, cl)
+    xa = x3.to(at)
+    shift = xa[0, 0] if cl else xa[0, :, 0]
+    d = xa - _bcast(shift, cl)
     mean_d = _channel_sum(d, cl) / m
     var = (_channel_sum(d * d, cl) / m - mean_d * mean_d).clamp_min(0.0)
     mean = mean_d + shift
     invstd = torch.rsqrt(var + eps)
-    scale = invstd * weight.to(ct)
-    shift_out = bias.to(ct) - mean * scale
-    z = x3 * _bcast(scale, cl) + _bcast(shift_out, cl)
+    scale = invstd * weight.to(at)
+    # y = (x - s) * scale + (beta - mean_d * scale): x - s is exact in the compute dtype
+    # (s is one of the channel's values), so a large mean costs no output precision.
+    offset = (bias.to(at) - mean_d * scale).to(ct)
+    z = (x3.to(ct) - _bcast(shift.to(ct), cl)) * _bcast(scale.to(ct), cl) + _bcast(offset, cl)
     if residual is not None:
         z = z + _view3(residual, cl).to(ct)
     y = _unview3(activate(z, activation).to(x.dtype), x, cl)
-    return y, mean, var, invstd
+    return y, mean.to(ct), var.to(ct), invstd.to(ct)
 
 
 def backward_train(
@@ -150,6 +164,7 @@ def backward_train(
     """
     cl = is_channels_last(x)
     ct = compute_dtype(x.dtype)
+    at = accumulate_dtype(x)
     x3 = _view3(x, cl).to(ct)
     g = _view3(grad, cl).to(ct)
     m = x.numel() // x.shape[1]
@@ -162,15 +177,16 @@ def backward_train(
         else:
             g = activation_grad(g, None, _view3(output, cl).to(ct), activation)
     xmu = x3 - _bcast(mean, cl)
-    sum_g = _channel_sum(g, cl)
-    sum_gx = _channel_sum(g * xmu, cl)
-    a = w * invstd
-    k = a * invstd * invstd * sum_gx / m
-    c = a * sum_g / m
+    sum_g = _channel_sum(g.to(at), cl)
+    sum_gx = _channel_sum(g.to(at) * xmu.to(at), cl)
+    a = (w * invstd).to(at)
+    k = (a * invstd.to(at) * invstd.to(at) * sum_gx / m).to(ct)
+    c = (a * sum_g / m).to(ct)
+    a = a.to(ct)
     dx = g * _bcast(a, cl) - xmu * _bcast(k, cl) - _bcast(c, cl)
     grads = (
         _unview3(dx.to(x.dtype), x, cl),
-        (sum_gx * invstd).to(weight.dtype),
+        (sum_gx * invstd.to(at)).to(weight.dtype),
         sum_g.to(bias.dtype),
     )
     if want_dz:
