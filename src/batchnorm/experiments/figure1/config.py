@@ -211,11 +211,11 @@ CHOICES: dict[str, str] = {
     "10k (the test set is never read); criterion: the seed-mean of the LAST validation "
     f"accuracy; a rate 'trains' when the final validation accuracy is >= {TRAINS_THRESHOLD}",
     "init_std": "weights ~ N(0, 0.1^2), biases 0: 'small random Gaussian'; both networks start "
-    "from identical W (same seed). 0.1 does NOT keep the sigmoid inputs near N(0, 1): "
-    "the first layer's Wu is about N(0, 1.1^2) over images (about 100-150 active pixels), "
-    "but the layers above see sigmoid outputs near 0.5 that vary little across images, so "
-    "their Wu + b varies across images far less (measured at init: see 'Initialization' in "
-    "the report); --init-std",
+    "from identical W (same seed). 0.1 does NOT put every layer's Wu + b near N(0, 1) (whose "
+    "15-85 percentile spread is 2.07): measured at init over the 10k test images (seed 0), "
+    "the median spread over units is 1.67 in the first hidden layer, 0.35 in the second and "
+    "0.08 in the last (unit 0: 0.065): the sigmoids squash the signal layer by layer. See "
+    "'Initialization' in the report; --init-std",
     "binarize_threshold": "pixel / 255 > 0.5 -> 1 else 0 (the paper does not say how it "
     "binarized); --binarize-threshold",
     "eps": "1e-5, torch's default (the paper gives none); --eps",
