@@ -34,8 +34,8 @@ from batchnorm.experiments.figure1.train import (
 from batchnorm.experiments.runner import indexed_generator
 from batchnorm.models.stacked import StackedMLP
 
-RUNTIME_FLAGS = {"data_dir", "out", "device", "threads", "resume", "no_progress", "sweep_lr",
-                 "sweep_values", "sweep_steps", "sweep_seeds", "preset"}
+RUNTIME_FLAGS = {"data_dir", "out", "device", "threads", "resume", "force", "no_progress",
+                 "sweep_lr", "sweep_values", "sweep_steps", "sweep_seeds", "preset"}
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "figure1"
 
 
