@@ -31,7 +31,7 @@ from batchnorm.experiments.figure1.train import (
     population_stack,
     quantiles,
 )
-from batchnorm.experiments.runner import indexed_generator
+from batchnorm.experiments.runner import indexed_generator, load_tensors
 from batchnorm.models.stacked import StackedMLP
 
 RUNTIME_FLAGS = {"data_dir", "out", "device", "threads", "resume", "force", "no_progress",
@@ -344,7 +344,7 @@ def test_resume_after_kill_is_bit_for_bit(tmp_path, data, extra):
     # Killed at step 14: the last checkpoint is step 12, so steps 13-14 are redone.
     with pytest.raises(figure1.SimulatedKillError):
         run(tmp_path, data, *SHORT, *extra, name="killed", stop_after=14)
-    saved = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
+    saved = load_tensors(tmp_path / "killed" / "checkpoint.pt")
     assert saved["step"] == 12
     assert not (tmp_path / "killed" / "metrics.csv").exists()
     assert run(tmp_path, data, *SHORT, *extra, "--resume", name="killed") == 0
@@ -355,8 +355,8 @@ def test_resume_after_kill_is_bit_for_bit(tmp_path, data, extra):
     for summary in (a, b):
         summary.pop("timing")
     assert a == b
-    final_a = torch.load(whole / "checkpoint.pt", weights_only=True)
-    final_b = torch.load(resumed / "checkpoint.pt", weights_only=True)
+    final_a = load_tensors(whole / "checkpoint.pt")
+    final_b = load_tensors(resumed / "checkpoint.pt")
     for arm in ("baseline", "bn"):
         for key, value in final_a["models"][arm].items():
             assert torch.equal(value, final_b["models"][arm][key]), key
@@ -383,10 +383,15 @@ def test_resume_with_other_settings_is_refused(tmp_path, data, capsys):
 def test_fresh_run_does_not_continue_an_old_checkpoint(tmp_path, data):
     with pytest.raises(figure1.SimulatedKillError):
         run(tmp_path, data, *SHORT, stop_after=7)
-    assert (tmp_path / "run" / "checkpoint.pt").exists()
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    saved = checkpoint.read_bytes()
+    # without --force a folder holding a run is refused before anything is touched
+    assert run(tmp_path, data, *SHORT, "--batch-size", "100000") == 2
+    assert run(tmp_path, data, *SHORT) == 2
+    assert checkpoint.read_bytes() == saved
     with pytest.raises(figure1.SimulatedKillError):
-        run(tmp_path, data, *SHORT, stop_after=2)
-    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+        run(tmp_path, data, *SHORT, "--force", stop_after=2)
+    assert not checkpoint.exists()
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@
 :mod:`.options`           the shared runtime flags (--out, --device, --threads, --resume, ...)
 :mod:`.session`           one invocation: device, threads, metadata, errors -> exit codes
 :mod:`.errors`            the errors reported in one line with exit code 2
-:mod:`.folder`            atomic writes into the run folder, safe tensor loading
+:mod:`.folder`            atomic writes into the run folder, checksummed tensor files
+:mod:`.lock`              the run folder checked, locked, never overwritten by surprise
 :mod:`.checkpoints`       checkpoints fingerprinted by their settings; refused on mismatch
 :mod:`.seeds`             named seed streams derived from the run seed
 :mod:`.metadata`          versions, platform, threads, load average, wall time
@@ -23,7 +24,14 @@ from batchnorm.experiments.runner.checkpoints import (
     save_checkpoint,
 )
 from batchnorm.experiments.runner.errors import ConfigError, ExperimentError
-from batchnorm.experiments.runner.folder import load_tensors, save_tensors, write_json, write_text
+from batchnorm.experiments.runner.folder import (
+    DamagedFileError,
+    load_tensors,
+    save_tensors,
+    write_json,
+    write_text,
+)
+from batchnorm.experiments.runner.lock import FolderBusyError, claim_folder
 from batchnorm.experiments.runner.metadata import RunMetadata, command_line, flags_of
 from batchnorm.experiments.runner.options import RunOptions, resolve_device
 from batchnorm.experiments.runner.progress import Progress
@@ -47,7 +55,9 @@ __all__ = [
     "POSITIVE",
     "CheckpointMismatchError",
     "ConfigError",
+    "DamagedFileError",
     "ExperimentError",
+    "FolderBusyError",
     "Progress",
     "RunMetadata",
     "RunOptions",
@@ -57,6 +67,7 @@ __all__ = [
     "add_flags",
     "add_preset_flag",
     "check_fingerprint",
+    "claim_folder",
     "comma_separated",
     "command_line",
     "flags_of",

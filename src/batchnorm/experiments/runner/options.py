@@ -31,6 +31,8 @@ class RunOptions(Settings):
                            "slower)", check=POSITIVE)
     resume: bool = setting(False, "continue from the run folder's checkpoints (refused, exit "
                            "2, if their settings differ from this run's)")
+    force: bool = setting(False, "start afresh in a run folder that already holds a run "
+                          "(without it such a folder is refused: nothing is overwritten)")
     no_progress: bool = setting(False, "no progress bars")
 
 

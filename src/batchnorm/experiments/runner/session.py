@@ -3,8 +3,11 @@
 :func:`run_experiment` is what an experiment's ``run(args)`` returns: it reads the shared
 :class:`~batchnorm.experiments.runner.options.RunOptions`, picks the device, sets the
 torch thread count for the run (and restores it), starts the :class:`RunMetadata`
-clock and turns the expected failures into one line on stderr and an exit code:
-2 for an :class:`ExperimentError` (bad settings, a refused resume), 1 for missing data.
+clock, claims the run folder (:func:`~batchnorm.experiments.runner.lock.claim_folder`:
+writable, locked, not holding another run unless ``--resume``/``--force``) and turns
+the expected failures into one line on stderr and an exit code: 2 for an
+:class:`ExperimentError` (bad settings, a refused resume, a busy or damaged folder),
+1 for missing data.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import torch
 
 from batchnorm.experiments.runner.errors import ExperimentError
+from batchnorm.experiments.runner.lock import claim_folder
 from batchnorm.experiments.runner.metadata import RunMetadata, command_line
 from batchnorm.experiments.runner.options import RunOptions, resolve_device
 from batchnorm.experiments.runner.settings import from_args
@@ -50,7 +54,8 @@ def run_experiment(prog: str, args: argparse.Namespace, body: Callable[[Session]
         options = from_args(RunOptions, args)
         session = Session(prog, options, resolve_device(options.device))
         torch.set_num_threads(options.threads)
-        return int(body(session))
+        with claim_folder(options.out, resume=options.resume, force=options.force):
+            return int(body(session))
     except ExperimentError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return error.exit_code
