@@ -123,3 +123,23 @@ def test_bad_out_values_are_config_errors(tmp_path):
         _claim(a_file, resume=False, force=False)
     with pytest.raises(ConfigError, match="cannot create it"):
         _claim(a_file / "sub", resume=False, force=False)
+
+
+def test_a_refused_resume_leaves_the_records_as_they_were(tmp_path, capsys):
+    from batchnorm.experiments.runner import CheckpointMismatchError, run_experiment
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text('{"lr": 0.1}\n')
+
+    def body(session):
+        (out / "config.json").write_text('{"lr": 0.2}\n')  # written before the check
+        raise CheckpointMismatchError("checkpoint.pt was written by a run with other settings")
+
+    import argparse
+
+    args = argparse.Namespace(out=str(out), data_dir=None, device="cpu", threads=1,
+                              resume=True, force=False, no_progress=True)
+    assert run_experiment("prog", args, body) == 2
+    assert (out / "config.json").read_text() == '{"lr": 0.1}\n'
+    assert capsys.readouterr().err.count("\n") == 1

@@ -16,6 +16,7 @@ import argparse
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ from batchnorm.experiments.runner.lock import claim_folder
 from batchnorm.experiments.runner.metadata import RunMetadata, command_line
 from batchnorm.experiments.runner.options import RunOptions, resolve_device
 from batchnorm.experiments.runner.settings import from_args
+from batchnorm.files import write_bytes
 
 __all__ = ["Session", "run_experiment"]
 
@@ -45,6 +47,17 @@ class Session:
                 "command": command_line(*self.prog.split()[1:])}
 
 
+def _records(out: Path) -> dict[Path, bytes]:
+    """The run's JSON records (config, summary) as they are before this invocation."""
+    return {path: path.read_bytes() for path in sorted(out.glob("*.json")) if path.is_file()}
+
+
+def _restore(kept: dict[Path, bytes]) -> None:
+    for path, content in kept.items():
+        if not path.exists() or path.read_bytes() != content:
+            write_bytes(path, content)
+
+
 def run_experiment(prog: str, args: argparse.Namespace, body: Callable[[Session], int]) -> int:
     """``body(session)``'s exit code, or 2 / 1 with a one-line error (see the module doc)."""
     from batchnorm.data import DataError
@@ -54,8 +67,13 @@ def run_experiment(prog: str, args: argparse.Namespace, body: Callable[[Session]
         options = from_args(RunOptions, args)
         session = Session(prog, options, resolve_device(options.device))
         torch.set_num_threads(options.threads)
-        with claim_folder(options.out, resume=options.resume, force=options.force):
-            return int(body(session))
+        with claim_folder(options.out, resume=options.resume, force=options.force) as out:
+            kept = _records(out)
+            try:
+                return int(body(session))
+            except ExperimentError:
+                _restore(kept)  # a refused run leaves the folder as it found it
+                raise
     except ExperimentError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return error.exit_code
