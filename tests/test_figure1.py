@@ -415,9 +415,10 @@ def test_fresh_run_does_not_continue_an_old_checkpoint(tmp_path, data):
         (["--sweep-lr", "--sweep-values", "0.1"], "--sweep-values"),
     ],
 )
-def test_bad_flags_give_clear_errors(flags, message, capsys):
+def test_bad_flags_give_clear_errors(flags, message, capsys, tmp_path):
     try:
-        code = cli.main(["reproduce", "figure1", "--no-progress", *flags])
+        code = cli.main(["reproduce", "figure1", "--no-progress", "--out", str(tmp_path / "x"),
+                         *flags])
     except SystemExit as exit:  # argparse's own errors
         code = exit.code
     assert code == 2

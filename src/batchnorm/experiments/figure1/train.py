@@ -150,6 +150,7 @@ class TrainingJob:
     momentum: float
     unit: int
     population_batches: int
+    layer_images: int | None
     checkpoint_path: Path
     fingerprint: dict[str, Any]
     light: bool = False  # the sweep: accuracy and loss only, no percentiles or population
@@ -179,7 +180,7 @@ def make_job(config: Figure1Config, networks: list[Network], sizes: tuple[int, .
         eval_y=eval_labels.to(device),
         steps=steps, schedule=schedule, checkpoint_steps=checkpoint_steps,
         momentum=config.momentum, unit=config.unit,
-        population_batches=config.population_batches,
+        population_batches=config.population_batches, layer_images=config.layer_images,
         checkpoint_path=checkpoint, fingerprint=fingerprint, light=light,
     )
 
@@ -203,14 +204,15 @@ def quantiles(values: Tensor, qs: tuple[float, ...] = PERCENTILES) -> Tensor:
 
 
 @torch.inference_mode()
-def evaluate_stack(stack: StackedMLP, x: Tensor, y: Tensor, unit: int, *, light: bool = False
-                   ) -> dict[str, Tensor]:
+def evaluate_stack(stack: StackedMLP, x: Tensor, y: Tensor, unit: int, *, light: bool = False,
+                   layer_images: int | None = None) -> dict[str, Tensor]:
     """Every network of ``stack`` in eval mode on (x, y).
 
     Returns per network (dim 0 = K): ``accuracy``, ``loss``; unless ``light`` also
     ``pre`` (K, 3): the 15/50/85th percentiles of ``unit``'s sigmoid input in the last
-    hidden layer, ``pre_layer`` (K, units, 3) the same for every unit; with BN ``xhat``
-    and ``xhat_layer`` likewise for x-hat (before gamma and beta).
+    hidden layer, ``pre_layer`` (K, units, 3) the same for every unit (over the first
+    ``layer_images`` images of ``x``, default all: sorting is most of an evaluation's
+    cost); with BN ``xhat`` and ``xhat_layer`` likewise for x-hat (before gamma and beta).
     """
     was_training = stack.training
     stack.eval()
@@ -227,9 +229,9 @@ def evaluate_stack(stack: StackedMLP, x: Tensor, y: Tensor, unit: int, *, light:
     if outputs.normalized is not None:
         kinds["xhat"] = outputs.normalized[-1]
     for kind, values in kinds.items():
-        layer = quantiles(values.double()).transpose(1, 2)  # (K, units, 3)
+        result[kind] = quantiles(values[:, :, unit:unit + 1].double())[:, :, 0]  # (K, 3)
+        layer = quantiles(values[:, :layer_images].double()).transpose(1, 2)  # (K, units, 3)
         result[f"{kind}_layer"] = layer
-        result[kind] = layer[:, unit, :]
     return result
 
 
@@ -378,7 +380,8 @@ def _steps(job: TrainingJob, stacks, optimizers, picks: Tensor, loss_sum: dict[s
 def _evaluate(job: TrainingJob, step: int, mean_loss: dict[str, Tensor] | None) -> None:
     started = time.perf_counter()
     for arm, stack in job.stacks.items():
-        result = evaluate_stack(stack, job.eval_x, job.eval_y, job.unit, light=job.light)
+        result = evaluate_stack(stack, job.eval_x, job.eval_y, job.unit, light=job.light,
+                                layer_images=job.layer_images)
         loss = None if mean_loss is None else mean_loss[arm]
         job.rows.extend(_rows(job, arm, "moving" if arm == "bn" else "none", step, result, loss))
         _keep_layer(job, arm, "moving" if arm == "bn" else "none", result)
@@ -387,7 +390,8 @@ def _evaluate(job: TrainingJob, step: int, mean_loss: dict[str, Tensor] | None) 
     if population and "bn" in job.stacks:
         started = time.perf_counter()
         stack = population_stack(job.stacks["bn"], job, step)
-        result = evaluate_stack(stack, job.eval_x, job.eval_y, job.unit)
+        result = evaluate_stack(stack, job.eval_x, job.eval_y, job.unit,
+                                layer_images=job.layer_images)
         job.rows.extend(_rows(job, "bn", "population", step, result, None))
         job.timings["population_s"] += time.perf_counter() - started
 
