@@ -466,6 +466,9 @@ def test_verdicts_on_synthetic_runs():
     assert verdicts["BN trains faster"]["verdict"] == "supported"
     faster = verdicts["BN trains faster"]["comparisons"][0]
     assert faster["a"] == [800, 900] and faster["b"] == [300, 400]
+    # Equal per-seed differences: a zero-width t-interval, widened to +- one evaluation.
+    assert faster["interval"]["low"] == pytest.approx(400) and "widened" in faster[
+        "interval_kind"]
     higher_lr = verdicts["a higher lr helps with BN"]
     by_label = {row["comparison"]: row["verdict"] for row in higher_lr["comparisons"]}
     assert by_label["final(bn-x30) - final(bn-baseline)"] == "not supported"

@@ -17,7 +17,8 @@ tested on synthetic histories. Definitions (fixed before the run):
   (:func:`~batchnorm.experiments.runner.evidence.paired_interval`); a comparison with
   one seed per arm has no t-interval and instead uses ``difference +- the largest
   seed-to-seed range`` among the recipes run with several seeds (an empirical noise
-  bound, labelled as such in the report; for steps at least one evaluation interval).
+  bound, labelled as such in the report). A steps interval is never narrower than
+  +- one evaluation interval (steps are only read at evaluations).
 """
 
 from __future__ import annotations
@@ -197,6 +198,14 @@ def _compare(comparison: Comparison, per_variant: dict[str, list[dict[str, Any]]
             spread = max(spread, *(r["eval_interval"] for r in (*a, *b)))
         interval = Interval(interval.mean, interval.mean - spread, interval.mean + spread, 1)
         kind = "one seed: difference +- the largest seed-to-seed range (not a t-interval)"
+    if metric == "steps" and interval.low is not None:
+        # A step count is read at evaluations only: never claim it finer than one interval
+        # (two seeds landing on the same evaluation would give a zero-width t-interval).
+        floor = max(r["eval_interval"] for r in (*a, *b))
+        if interval.mean - interval.low < floor:
+            interval = Interval(interval.mean, interval.mean - floor, interval.mean + floor,
+                                interval.n)
+            kind += ", widened to +- one evaluation interval (steps are read at evaluations)"
     censored = [r["name"] for r in (*a, *b) if metric == "steps" and r["censored"]]
     return {"comparison": comparison.label(), "rule": comparison.rule.describe(),
             "seeds": seeds, "a": values_a, "b": values_b, "interval": interval.to_dict(),

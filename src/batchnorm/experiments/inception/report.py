@@ -235,6 +235,38 @@ def _verdict_lines(verdicts: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def against_paper(per_variant: dict[str, list[dict[str, Any]]], target: float | None
+                  ) -> list[str]:
+    """Plain statements where these runs disagree with the paper (or with our own plan)."""
+    def mean_final(name: str) -> float | None:
+        runs = per_variant.get(name)
+        return _mean([r["final"] for r in runs]) if runs else None
+
+    notes = []
+    x5 = per_variant.get("inception-x5")
+    if x5 and not any(r["diverged"] for r in x5) and (mean_final("inception-x5") or 0) > 0.5:
+        x30_final = mean_final("inception-x30")
+        notes.append(f"Against the paper: Inception at lr x5 without BN did not diverge here "
+                     f"(final {_pct(mean_final('inception-x5'))}; `inception` "
+                     f"{_pct(mean_final('inception'))}, `inception-changes` "
+                     f"{_pct(mean_final('inception-changes'))}); the paper's diverged. Ours has "
+                     "He init and the six other changes"
+                     + ("" if x30_final is None else
+                        f"; at lr x30 the no-BN network ended at {_pct(x30_final)}") + ".")
+    x30, bx5 = mean_final("bn-x30"), mean_final("bn-x5")
+    if x30 is not None and bx5 is not None and x30 < bx5:
+        notes.append(f"Against the paper: BN-x30 ended below BN-x5 ({_pct(x30)} vs "
+                     f"{_pct(bx5)}); in the paper BN-x30 ends highest (74.8% vs 73.0%). "
+                     "Both beat bn-baseline.")
+    baseline = per_variant.get("inception")
+    if target is not None and baseline and all(r["censored"] for r in baseline):
+        notes.append(f"Against our plan: `inception` never reached the target "
+                     f"{_pct(target)} fixed before the run (final {_pct(mean_final('inception'))}"
+                     "); its steps to target are censored at the budget, a lower bound that "
+                     "favours it. Steps to baseline final is the uncensored comparison.")
+    return notes
+
+
 def _render(config: dict[str, Any], per_variant: dict[str, list[dict[str, Any]]],
             verdicts: list[dict[str, Any]], ensemble: dict[str, Any] | None,
             ablation: dict[str, Any] | None, sweep: list[dict[str, Any]],
@@ -255,6 +287,7 @@ def _render(config: dict[str, Any], per_variant: dict[str, list[dict[str, Any]]]
                 "(validation)", ""]
         out += _variant_table(per_variant)
         out += ["", "![Figure 2](figure2.png)", ""]
+        out += [f"* {note}" for note in against_paper(per_variant, target)] + [""]
     if verdicts:
         out += ["## Verdicts (computed by `analysis.judge`; a claim is supported only if "
                 "every comparison is)", ""]
