@@ -22,6 +22,7 @@ from torch import Tensor
 
 from batchnorm.experiments.figure1.config import SEEDS, Figure1Config
 from batchnorm.experiments.runner import (
+    ConfigError,
     Progress,
     Session,
     indexed_generator,
@@ -77,7 +78,8 @@ class BatchStream:
 
     def __init__(self, n: int, batch_size: int, seed: int, device: torch.device) -> None:
         if n < batch_size:
-            raise ValueError(f"cannot draw batches of {batch_size} from {n} examples")
+            raise ConfigError(f"--batch-size {batch_size}: cannot draw batches of {batch_size} "
+                              f"from {n} training examples")
         self.n, self.batch_size, self.device = n, batch_size, device
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch = -1
