@@ -194,3 +194,20 @@ def test_recompute_statistics_num_batches_and_errors():
 
 def test_exports():
     assert batchnorm.fold is fold
+
+
+def test_recompute_statistics_counts_the_batches_it_pooled():
+    """num_batches_tracked grows by the batches seen, for torch's and our layers alike."""
+    model = _train(batchnormalize(convnet()))
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    before = [int(layer.num_batches_tracked) for layer in layers]
+    assert min(before) > 0
+    recompute_statistics(model, [torch.randn(n, 2, 6, 6) for n in (4, 6, 5)])
+    assert [int(layer.num_batches_tracked) for layer in layers] == [b + 3 for b in before]
+    population = batchnormalize(mlp(), estimator="population")
+    recompute_statistics(population, (torch.randn(10, 12) for _ in range(100)), num_batches=4)
+    bns = [m for m in population.modules() if isinstance(m, BatchNorm1d)]
+    assert bns and all(int(bn.num_batches_tracked) == 4 for bn in bns)
+    recompute_statistics(population, [torch.randn(10, 12)] * 2)
+    assert all(int(bn.num_batches_tracked) == 6 for bn in bns)
+    assert all(int(bn.population_batches) == 2 for bn in bns)

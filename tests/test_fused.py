@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import batchnorm
-from batchnorm import BatchNorm2d, BatchNormAct1d, BatchNormAct2d
+from batchnorm import BatchNormAct1d, BatchNormAct2d
 from batchnorm import functional as bnf
 
 ACT = {"identity": lambda t: t, "relu": torch.relu, "sigmoid": torch.sigmoid}
@@ -32,25 +32,54 @@ def test_state_dict_is_torch_batch_norm(fused, plain, shape):
     reference.load_state_dict(layer.state_dict())
 
 
-@pytest.mark.parametrize("activation", ["identity", "relu", "sigmoid"])
-@pytest.mark.parametrize("with_residual", [False, True])
-def test_plain_backend_equals_layer_then_activation(activation, with_residual):
-    x = torch.randn(4, 3, 5, 6, requires_grad=True)
-    r = torch.randn(4, 3, 5, 6, requires_grad=True) if with_residual else None
-    layer = BatchNormAct2d(3, activation=activation, backend="native")
-    plain = BatchNorm2d(3, backend="native")
-    for _ in range(2):
-        got = layer(x, r)
-        want = plain(x) + (r if r is not None else 0)
-        want = ACT[activation](want)
-    torch.testing.assert_close(got, want)
-    inputs = [x, layer.weight] + ([r] if r is not None else [])
-    grads = torch.autograd.grad(got.sum(), inputs)
-    want_grads = torch.autograd.grad(want.sum(), [x, plain.weight, *inputs[2:]])
+# "compiled" fuses the activation into its kernels; two cases (each compiles its own).
+FUSED_CASES = [
+    (backend, activation, with_residual)
+    for backend in ("native", "reference")
+    for activation in ("identity", "relu", "sigmoid")
+    for with_residual in (False, True)
+] + [("compiled", "relu", True), ("compiled", "identity", False)]
+
+
+@pytest.mark.parametrize(("backend", "activation", "with_residual"), FUSED_CASES)
+def test_fused_layer_equals_torch_float64_then_activation(backend, activation, with_residual):
+    """act(BN(x) + r): outputs, gradients and running statistics after two steps, against
+    torch.nn.BatchNorm2d in float64 and the activation applied after it (the running
+    statistics are torch's own, not this project's update)."""
+    torch.manual_seed(2)
+    x = torch.randn(4, 3, 5, 6) * 2 + 1
+    r = torch.randn(4, 3, 5, 6) if with_residual else None
+    layer = BatchNormAct2d(3, activation=activation, backend=backend, momentum=0.3)
+    plain = nn.BatchNorm2d(3, momentum=0.3, dtype=torch.float64)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 1.5)
+        layer.bias.normal_()
+    plain.load_state_dict({k: v.double() if v.is_floating_point() else v
+                           for k, v in layer.state_dict().items()})  # fmt: skip
+    for step in range(2):
+        xs = (x * (step + 1)).requires_grad_(True)
+        rs = None if r is None else r.clone().requires_grad_(True)
+        got = layer(xs, rs)
+        x64 = xs.detach().double().requires_grad_(True)
+        r64 = None if r is None else r.double().requires_grad_(True)
+        want = ACT[activation](plain(x64) + (r64 if r64 is not None else 0))
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    inputs = [xs, layer.weight, layer.bias] + ([rs] if rs is not None else [])
+    want_inputs = [x64, plain.weight, plain.bias] + ([r64] if r64 is not None else [])
+    grad = torch.randn(got.shape, dtype=torch.float64)
+    grads = torch.autograd.grad(got, inputs, grad.float())
+    want_grads = torch.autograd.grad(want, want_inputs, grad)
     for g, w in zip(grads, want_grads, strict=True):
-        torch.testing.assert_close(g, w)
-    torch.testing.assert_close(layer.running_var, plain.running_var)
+        torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-4)
+    for name in ("running_mean", "running_var"):
+        torch.testing.assert_close(getattr(layer, name).double(), getattr(plain, name),
+                                   rtol=1e-6, atol=1e-6)  # fmt: skip
     assert int(layer.num_batches_tracked) == int(plain.num_batches_tracked) == 2
+    layer.eval()
+    plain.eval()
+    with torch.no_grad():
+        want = ACT[activation](plain(x.double()) + (r.double() if r is not None else 0))
+        torch.testing.assert_close(layer(x, r).double(), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(

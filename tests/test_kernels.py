@@ -52,7 +52,8 @@ def _check_backend(backend, x, affine=True, eps=1e-5):
     y, mean, var, _ = bnf.normalize(xg, w, b, None, None, True, eps, backend)
     assert y.dtype == x.dtype and y.shape == x.shape
     assert mean.dtype == var.dtype == pdtype and not mean.requires_grad
-    grad = torch.randn(y.shape, dtype=torch.float64).to(x.dtype)
+    # dL/dy in y's layout, as the next layer's backward hands it back
+    grad = torch.empty_like(y).copy_(torch.randn(y.shape, dtype=torch.float64))
     inputs = [xg] + ([w, b] if affine else [])
     grads = torch.autograd.grad(y, inputs, grad)
 
@@ -69,8 +70,10 @@ def _check_backend(backend, x, affine=True, eps=1e-5):
     scale = max(1.0, float(ref_grads[0].abs().max()))
     for got, want in zip(grads, ref_grads, strict=True):
         torch.testing.assert_close(got.double() / scale, want / scale, **tol)
-    # Gradient strides follow the input's, as autograd expects.
-    assert grads[0].shape == x.shape
+    # Output and gradient in the input's layout: what torch.empty_like gives (a non-dense
+    # input's gradient comes back contiguous, as empty_like does for it).
+    assert y.stride() == torch.empty_like(x).stride()
+    assert grads[0].stride() == torch.empty_like(x).stride()
     return y
 
 
@@ -85,7 +88,7 @@ def _check_eval(backend, x):
         x.double(), rm.double(), rv.double(), w.double(), b.double(), False, 0.0, 1e-5
     )
     torch.testing.assert_close(y.double(), want, **TOLERANCES[x.dtype])
-    assert y.stride() == x.stride() or not x.is_contiguous()
+    assert y.stride() == torch.empty_like(x).stride()
 
 
 # --- compiled and hybrid (TorchInductor) ------------------------------------------------

@@ -130,11 +130,18 @@ def test_deepcopy_and_repr():
 def test_one_value_per_channel_names_layer_and_shape():
     with pytest.raises(ValueError, match=r"BatchNorm1d\(3\).*\(1, 3\)"):
         BatchNorm1d(3)(torch.randn(1, 3))
-    BatchNorm1d(3).eval()  # eval mode accepts a single example (after statistics exist)
+    # eval mode accepts a single example (after statistics exist), normalized by them
     layer = BatchNorm1d(3)
-    layer(torch.randn(4, 3))
+    layer(torch.randn(4, 3) * 2 + 1)
     layer.eval()
-    assert layer(torch.randn(1, 3)).shape == (1, 3)
+    x = torch.randn(1, 3)
+    want = (x - layer.running_mean) / torch.sqrt(layer.running_var + layer.eps)
+    torch.testing.assert_close(layer(x), want * layer.weight + layer.bias)
+    loaded = BatchNorm1d(3).eval()  # statistics from a state dict count too (no warning)
+    loaded.load_state_dict(layer.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(loaded(x), layer(x))
 
 
 @pytest.mark.parametrize(
@@ -243,3 +250,34 @@ def test_overflowing_variance_is_skipped_on_every_path():
         layer(x)
         assert torch.isfinite(layer.running_var).all(), backend
         assert int(layer.skipped_updates) == 1, backend
+
+
+@pytest.mark.parametrize("estimator", ["population", "ema", "cumulative"])
+def test_reset_running_stats_forgets_everything(estimator):
+    """Back to a new layer's buffers, population counters included."""
+    momentum = None if estimator == "cumulative" else 0.1
+    layer = BatchNorm1d(3, estimator=estimator, momentum=momentum)
+    for n in (5, 7):
+        layer(torch.randn(n, 3) * 3 + 2)
+    layer.reset_running_stats()
+    fresh = BatchNorm1d(3, estimator=estimator, momentum=momentum)
+    assert layer.state_dict().keys() == fresh.state_dict().keys()
+    for name, value in fresh.state_dict().items():
+        if name not in ("weight", "bias"):
+            torch.testing.assert_close(layer.state_dict()[name], value, msg=name)
+    # ... so that what it learns next is the new batches alone
+    batch = torch.randn(6, 3) * 2 - 1
+    layer(batch)
+    if estimator == "population":
+        assert int(layer.population_batches) == 1 and int(layer.population_samples) == 6
+        torch.testing.assert_close(layer.running_mean, batch.mean(0))
+        torch.testing.assert_close(layer.running_var, batch.var(0))
+    # and a reset layer in eval mode knows it has no statistics
+    layer.reset_running_stats()
+    layer.eval()
+    if estimator == "population":
+        with pytest.raises(RuntimeError, match="tracked no statistics"):
+            layer(batch)
+    else:
+        with pytest.warns(UserWarning, match="tracked no statistics"):
+            layer(batch)
