@@ -9,7 +9,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 # torch is pinned to the CPU wheel on purpose: an unpinned torch pulls a CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: setup test test-fast reproduce lint bench clean
+.PHONY: setup test test-fast reproduce lint bench clean mutation
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,15 @@ test-fast: $(DEV_STAMP)
 
 reproduce: $(STAMP)
 	$(VENV)/bin/batchnorm reproduce figure1
+
+# Mutation testing of the core modules ([tool.mutmut] in pyproject.toml; docs/mutation.md).
+# Slow (an hour or more on 2 cores) and not part of `make test`; MUTMUT_ARGS narrows it,
+# e.g. MUTMUT_ARGS='"batchnorm.statistics*"'.
+MUTMUT_ARGS ?=
+mutation: $(DEV_STAMP)
+	$(PY) -m pip install --quiet -e '.[mutation]'
+	HYPOTHESIS_MAX_EXAMPLES=10 $(VENV)/bin/mutmut run $(MUTMUT_ARGS)
+	$(VENV)/bin/mutmut results
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check
