@@ -25,6 +25,11 @@ FIGURE1 = ["reproduce", "figure1", "--preset", "quick", "--steps", "1200", "--se
            "--layer-images", "500", "--no-progress"]
 
 
+INCEPTION = ["reproduce", "inception", "--preset", "quick", "--variants", "bn-x5", "inception",
+             "--seeds", "1", "--other-seeds", "1", "--steps", "160", "--evaluations", "8",
+             "--no-progress"]
+
+
 def _batchnorm(*args: str, wait: bool = True, **kwargs):
     command = [sys.executable, "-m", "batchnorm", *args]
     if not wait:
@@ -34,11 +39,16 @@ def _batchnorm(*args: str, wait: bool = True, **kwargs):
                           **kwargs)
 
 
-def _kill_after_checkpoint(args: list[str], checkpoint: Path) -> None:
+def _first(pattern: str, out: Path) -> Path | None:
+    return next(iter(sorted(out.glob(pattern))), None) if out.exists() else None
+
+
+def _kill_after_checkpoint(args: list[str], out: Path, pattern: str) -> Path:
+    """Run, SIGKILL once a file matching ``pattern`` exists in ``out``; returns that file."""
     process = _batchnorm(*args, wait=False)
     deadline = time.monotonic() + 600
     try:
-        while not checkpoint.exists():
+        while (checkpoint := _first(pattern, out)) is None:
             if process.poll() is not None:
                 pytest.fail(f"finished before its first checkpoint: {process.stderr.read()}")
             assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
@@ -48,13 +58,14 @@ def _kill_after_checkpoint(args: list[str], checkpoint: Path) -> None:
     finally:
         process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
+    return checkpoint
 
 
 def test_figure1_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     result = _batchnorm(*FIGURE1, "--out", str(whole))
     assert result.returncode == 0, result.stderr
-    _kill_after_checkpoint([*FIGURE1, "--out", str(killed)], killed / "checkpoint.pt")
+    _kill_after_checkpoint([*FIGURE1, "--out", str(killed)], killed, "checkpoint.pt")
     assert not (killed / "summary.json").exists()
     # a fresh run into the killed run's folder is refused; --resume continues it
     refused = _batchnorm(*FIGURE1, "--out", str(killed))
@@ -66,8 +77,7 @@ def test_figure1_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
 
 def test_figure1_damaged_checkpoint_is_refused_in_one_line(tmp_path):
     out = tmp_path / "run"
-    _kill_after_checkpoint([*FIGURE1, "--out", str(out)], out / "checkpoint.pt")
-    checkpoint = out / "checkpoint.pt"
+    checkpoint = _kill_after_checkpoint([*FIGURE1, "--out", str(out)], out, "checkpoint.pt")
     data = bytearray(checkpoint.read_bytes())
     middle = len(data) // 2
     data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
@@ -79,3 +89,25 @@ def test_figure1_damaged_checkpoint_is_refused_in_one_line(tmp_path):
     assert "Traceback" not in result.stderr
     assert (out / "config.json").read_bytes() == config
     assert checkpoint.read_bytes() == bytes(data)  # the evidence is kept, not deleted
+
+
+def test_inception_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    result = _batchnorm(*INCEPTION, "--out", str(whole))
+    assert result.returncode == 0, result.stderr
+    _kill_after_checkpoint([*INCEPTION, "--out", str(killed)], killed, "**/checkpoints/*.pt")
+    resumed = _batchnorm(*INCEPTION, "--out", str(killed), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (killed / "metrics.csv").read_bytes() == (whole / "metrics.csv").read_bytes()
+
+
+def test_inception_damaged_checkpoint_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "run"
+    checkpoint = _kill_after_checkpoint([*INCEPTION, "--out", str(out)], out,
+                                        "**/checkpoints/*.pt")
+    data = bytearray(checkpoint.read_bytes())
+    data[-100:-36] = bytes(b ^ 0xFF for b in data[-100:-36])
+    checkpoint.write_bytes(bytes(data))
+    result = _batchnorm(*INCEPTION, "--out", str(out), "--resume")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "damaged" in result.stderr

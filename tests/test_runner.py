@@ -211,9 +211,11 @@ def test_device_names():
 
 def test_summary_lines(capsys, tmp_path):
     print_summary("run: done", ["accuracy 97%"], tmp_path / "report.md",
-                  [("BN is faster", True), ("BN is slower", False)])
+                  [("BN is faster", "supported"), ("BN is slower", "not supported"),
+                   ("BN is both", "mixed")])
     out = capsys.readouterr().out.splitlines()
-    assert out == ["run: done", "  accuracy 97%", "  yes  BN is faster", "  no   BN is slower",
+    assert out == ["run: done", "  accuracy 97%", "      supported: BN is faster",
+                   "  not supported: BN is slower", "          mixed: BN is both",
                    f"  report: {tmp_path / 'report.md'}"]
 
 

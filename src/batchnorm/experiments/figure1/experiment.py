@@ -31,8 +31,7 @@ from batchnorm.experiments.figure1.train import (
     run_job,
     sizes_of,
 )
-from batchnorm.experiments.runner import Session, flags_of, write_json, write_text
-from batchnorm.experiments.runner.verdicts import print_verdict_summary
+from batchnorm.experiments.runner import Session, flags_of, print_summary, write_json, write_text
 from batchnorm.models.stacked import StackedMLP
 
 __all__ = ["init_distribution", "networks_of", "run_figure"]
@@ -87,7 +86,7 @@ def run_figure(config: Figure1Config, sweep: dict[str, Any], args: argparse.Name
         save_figure1(out / f"figure1_{pair}.png", job.rows, pair, sweep, config.unit)
     write_json(out / "config.json", document)
     write_text(out / "report.md", report(document, summary))
-    print_verdict_summary(
+    print_summary(
         f"figure1: {config.seeds} seed(s) per arm, {config.steps} steps, in {out}",
         headline(summary), out / "report.md", verdict_lines(summary))
     return 0

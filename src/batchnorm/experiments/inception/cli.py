@@ -24,6 +24,7 @@ from batchnorm.experiments.inception.recipe import ablation_recipes, variant_rec
 from batchnorm.experiments.inception.report import headline, write_outputs
 from batchnorm.experiments.inception.train import RunSpec, run_fingerprint, train_run
 from batchnorm.experiments.runner import (
+    ConfigError,
     RunOptions,
     Session,
     add_flags,
@@ -107,6 +108,10 @@ def _run(args: argparse.Namespace, session: Session) -> int:
     options, out = session.options, Path(session.options.out)
     specs = plan(config, overrides, modes)
     splits = _load(config, options)
+    for spec in specs:  # before anything is written
+        if spec.recipe.batch_size > len(splits.train_x):
+            raise ConfigError(f"--batch-size {spec.recipe.batch_size}: larger than the "
+                              f"{len(splits.train_x)} training images of run {spec.name}")
     document = _document(args, session, config, overrides, modes, specs, splits)
     config_path = out / _CONFIG_FILES[modes.mode]
     write_json(config_path, document)
@@ -130,7 +135,8 @@ def _run(args: argparse.Namespace, session: Session) -> int:
     summary = write_outputs(out)
     print_summary(f"inception ({modes.mode}): {len(specs)} runs of {config.steps} steps, "
                   f"in {out} ({document['run']['wall_seconds'] / 60:.1f} min)",
-                  headline(summary), out / "report.md")
+                  headline(summary), out / "report.md",
+                  [(claim["claim"], claim["verdict"]) for claim in summary.get("verdicts", [])])
     return 0
 
 
