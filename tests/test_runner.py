@@ -181,11 +181,11 @@ def test_metadata_records_versions_load_and_wall_time():
     json.dumps({**environment, **finished})
 
 
-def test_session_turns_errors_into_exit_codes(capsys):
+def test_session_turns_errors_into_exit_codes(capsys, tmp_path):
     from batchnorm.data import DataError
 
-    args = argparse.Namespace(out="x", data_dir=None, device="cpu", threads=1, resume=False,
-                              no_progress=True)
+    args = argparse.Namespace(out=str(tmp_path / "x"), data_dir=None, device="cpu", threads=1,
+                              resume=False, no_progress=True)
 
     def fail(error):
         def body(session):
