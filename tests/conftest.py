@@ -2,7 +2,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 # Deterministic, bounded property tests: CI reruns must see the same examples.
 settings.register_profile(
@@ -12,7 +12,14 @@ settings.register_profile(
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
-settings.load_profile("default")
+# Mutation runs (make mutation): a caught mutant must end at its first failing example,
+# not spend minutes shrinking it (mutmut would count that as a timeout).
+settings.register_profile(
+    "mutation",
+    parent=settings.get_profile("default"),
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture(autouse=True)
