@@ -239,3 +239,12 @@ def test_eval_on_empty_batch_returns_empty():
 def test_backends_are_listed():
     assert {"reference", "native"} <= set(bnf.available_backends())
     assert set(bnf.available_backends(torch.randn(2, 2))) >= {"reference", "native"}
+
+
+def test_available_backends_depend_on_the_input():
+    everything = bnf.available_backends()
+    half = bnf.available_backends(torch.zeros(2, 3, dtype=torch.float16))
+    assert {"reference", "native"} <= set(half) <= set(everything)
+    if "hybrid" in everything:  # needs a C++ compiler; float32/float64 CPU input only
+        assert "hybrid" not in half
+        assert "hybrid" in bnf.available_backends(torch.zeros(2, 3))

@@ -281,3 +281,12 @@ def test_reset_running_stats_forgets_everything(estimator):
     else:
         with pytest.warns(UserWarning, match="tracked no statistics"):
             layer(batch)
+
+
+def test_repr_names_only_what_differs_from_torch():
+    """momentum=None already says 'cumulative' (torch's convention): no estimator= for it."""
+    assert "estimator" not in repr(BatchNorm1d(3, momentum=None))
+    assert "estimator" not in repr(BatchNorm1d(3))
+    population = repr(BatchNorm1d(3, estimator="population", backend="reference"))
+    assert population.startswith("BatchNorm1d(3, eps=1e-05, momentum=0.1, affine=True")
+    assert population.endswith("estimator='population', backend='reference')")
