@@ -40,7 +40,8 @@ reproduce: $(STAMP)
 MUTMUT_ARGS ?=
 mutation: $(DEV_STAMP)
 	$(PY) -m pip install --quiet -e '.[mutation]'
-	HYPOTHESIS_PROFILE=mutation HYPOTHESIS_MAX_EXAMPLES=5 $(VENV)/bin/mutmut run $(MUTMUT_ARGS)
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HYPOTHESIS_PROFILE=mutation HYPOTHESIS_MAX_EXAMPLES=5 \
+		$(VENV)/bin/mutmut run $(MUTMUT_ARGS)
 	$(VENV)/bin/mutmut results
 
 lint: $(DEV_STAMP)

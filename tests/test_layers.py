@@ -290,3 +290,38 @@ def test_repr_names_only_what_differs_from_torch():
     population = repr(BatchNorm1d(3, estimator="population", backend="reference"))
     assert population.startswith("BatchNorm1d(3, eps=1e-05, momentum=0.1, affine=True")
     assert population.endswith("estimator='population', backend='reference')")
+
+
+def test_momentum_bounds_are_inclusive_and_buffers_are_typed():
+    for momentum in (0.0, 1.0):
+        assert BatchNorm1d(3, momentum=momentum).momentum == momentum
+    layer = BatchNorm2d(3, estimator="population", device="meta")
+    for name in ("population_batches", "population_samples", "skipped_updates",
+                 "num_batches_tracked"):
+        buffer = getattr(layer, name)
+        assert buffer.dtype == torch.long and buffer.device.type == "meta", name
+    assert layer.weight.device.type == "meta" and layer.running_mean.device.type == "meta"
+    assert "skipped_updates" not in layer.state_dict()
+
+
+def test_eval_warning_points_at_the_caller_and_one_batch_is_enough():
+    layer = BatchNorm1d(3).eval()
+    with pytest.warns(UserWarning) as record:
+        layer(torch.randn(4, 3))
+    assert record[0].filename == __file__
+    trained_once = BatchNorm1d(3)
+    trained_once(torch.randn(4, 3))
+    trained_once.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trained_once(torch.randn(4, 3))
+
+
+def test_strict_loading_still_refuses_unknown_keys():
+    layer = BatchNorm1d(3)
+    state = {**BatchNorm1d(3).state_dict(), "surprise": torch.zeros(1)}
+    with pytest.raises(RuntimeError, match="surprise"):
+        layer.load_state_dict(state)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        layer.load_state_dict(BatchNorm1d(4).state_dict())
+    assert layer.load_state_dict(state, strict=False).unexpected_keys == ["surprise"]

@@ -114,7 +114,8 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         )
         if self.estimator == "population":
             raise RuntimeError(message)
-        warnings.warn(message, stacklevel=3)
+        # the user -> Module.__call__ (2 frames in torch) -> forward -> _forward -> here
+        warnings.warn(message, stacklevel=6)
         self._has_statistics = True  # warn once per layer
 
     def forward(self, input: Tensor) -> Tensor:
