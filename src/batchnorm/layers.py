@@ -17,6 +17,8 @@ weight-decay filters) all keep working. What changes is the forward:
 from __future__ import annotations
 
 import numbers
+import os
+import sys
 import warnings
 from typing import Any
 
@@ -30,6 +32,20 @@ from batchnorm.statistics import ESTIMATORS, Estimator, update_running_statistic
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 _POPULATION_BUFFERS = ("population_batches", "population_samples")
+
+
+_INTERNAL = (os.path.dirname(os.path.abspath(__file__)),
+             os.path.dirname(os.path.abspath(nn.__file__)))
+
+
+def _user_stacklevel() -> int:
+    """``stacklevel`` for a warning raised in this package that points at the user's line:
+    the first frame outside this package and ``torch.nn`` (whatever hooks, wrappers or
+    ``Module.__call__`` frames lie between)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class _BatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -114,8 +130,7 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         )
         if self.estimator == "population":
             raise RuntimeError(message)
-        # the user -> Module.__call__ (2 frames in torch) -> forward -> _forward -> here
-        warnings.warn(message, stacklevel=6)
+        warnings.warn(message, stacklevel=_user_stacklevel())
         self._has_statistics = True  # warn once per layer
 
     def forward(self, input: Tensor) -> Tensor:
