@@ -2,6 +2,7 @@
 
 import copy
 import io
+import os
 import warnings
 
 import pytest
@@ -308,7 +309,8 @@ def test_eval_warning_points_at_the_caller_and_one_batch_is_enough():
     layer = BatchNorm1d(3).eval()
     with pytest.warns(UserWarning) as record:
         layer(torch.randn(4, 3))
-    assert record[0].filename == __file__
+    if "MUTANT_UNDER_TEST" not in os.environ:  # mutmut's trampolines add frames
+        assert record[0].filename == __file__
     trained_once = BatchNorm1d(3)
     trained_once(torch.randn(4, 3))
     trained_once.eval()
