@@ -50,13 +50,7 @@ TINY = Scale(width=0.25, steps=8, evaluations=4, eval_size=64, train_limit=512,
              final_eval_limit=128)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two intra-op threads on a loaded 2-core machine run these tiny steps many times slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
