@@ -85,3 +85,8 @@ def test_combine():
 def test_rule_describes_itself():
     text = Rule("BN trains faster", "steps saved", "greater", 0.0).describe()
     assert "entirely > 0" in text and "mixed" in text
+
+
+def test_intervals_round_trip_through_their_dict():
+    interval = mean_interval([0.1, 0.3, 0.2])
+    assert Interval.from_dict(interval.to_dict()) == interval

@@ -294,10 +294,6 @@ def summarize(rows: list[dict[str, Any]], layer: dict[str, list], schedule: list
     return summary
 
 
-def _interval_of(data: dict[str, Any]) -> Interval:
-    return Interval(data["mean"], data["low"], data["high"], data["n"])
-
-
 def verdicts(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Per claim: the verdict (supported / not supported / mixed), from the rules in
     :data:`RULES` applied to each piece of evidence and combined."""
@@ -305,7 +301,7 @@ def verdicts(summary: dict[str, Any]) -> list[dict[str, Any]]:
 
     def claim(key: str, pieces: list[tuple[str, dict[str, Any]]], note: str = "") -> None:
         rule = RULES[key]
-        decided = [(name, decide(rule, _interval_of(data)), data) for name, data in pieces]
+        decided = [(name, decide(rule, Interval.from_dict(data)), data) for name, data in pieces]
         if not decided:
             return
         claims.append({
@@ -342,7 +338,7 @@ def pct(value: float | None) -> str:
 
 
 def _fmt(data: dict[str, Any], scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
-    return _interval_of(data).format(scale, digits, unit)
+    return Interval.from_dict(data).format(scale, digits, unit)
 
 
 def _plain(data: dict[str, Any], scale: float = 1.0, digits: int = 2) -> str:

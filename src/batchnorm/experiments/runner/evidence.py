@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from scipy import stats
 
@@ -56,6 +56,12 @@ class Interval:
 
     def to_dict(self) -> dict[str, float | int | None]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Interval:
+        """The inverse of :meth:`to_dict` (e.g. an interval read back from summary.json)."""
+        return cls(data["mean"], data["low"], data["high"], data["n"],
+                   data.get("confidence", 0.95))
 
     def format(self, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
         """``"+0.24 [+0.10, +0.38]"`` (times ``scale``), or the mean alone without an interval."""
