@@ -24,6 +24,11 @@ _COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
         "batchnorm.experiments.inception",
         "the paper's Figures 2-3 (Inception variants) at small scale",
     ),
+    (
+        ("reproduce", "claims"),
+        "batchnorm.experiments.claims",
+        "every claim of the paper and its critics, each with a verdict",
+    ),
     (("bench",), "batchnorm.benchmark", "benchmark every backend against torch"),
 ]
 
