@@ -26,8 +26,8 @@ CLAIMS: dict[str, str] = {
     "smoothness": "santurkar:SMOOTHNESS",
     "selu": "self_normalizing:SELU",
     "elu": "self_normalizing:ELU",
-    "small-batch": "small_batch:SMALL_BATCH",
-    "accumulation": "small_batch:ACCUMULATION",
+    "small-batch": "small_batch:CLAIM",
+    "accumulation": "accumulation:CLAIM",
 }
 
 CLAIM_IDS: tuple[str, ...] = tuple(CLAIMS)
