@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from batchnorm.experiments.claims.config import PRESETS, LabConfig
+from batchnorm.experiments.claims.config import PRESET_HELP, PRESETS, LabConfig
 from batchnorm.experiments.runner import (
     RunOptions,
     Session,
@@ -20,7 +20,7 @@ PROG = "batchnorm reproduce claims"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_preset_flag(parser, PRESETS)
+    add_preset_flag(parser, PRESETS, help=PRESET_HELP)
     add_flags(parser.add_argument_group("claims"), LabConfig)
     add_flags(parser.add_argument_group("run options"), RunOptions,
               defaults={"out": "runs/claims"})

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 import batchnorm
+from batchnorm.experiments.claims import registry
 from batchnorm.experiments.claims.base import CACHE_FOLDER, ClaimContext, ClaimResult
 from batchnorm.experiments.claims.config import LabConfig
-from batchnorm.experiments.claims.registry import CLAIM_IDS, load_claim
 from batchnorm.experiments.claims.report import write_report
 from batchnorm.experiments.runner import Session, print_summary, write_json
 
@@ -45,7 +45,7 @@ def _stored(folder: Path, preset: str, config: dict[str, Any]) -> dict[str, Any]
 
 
 def _clear(out: Path) -> None:
-    for name in (CACHE_FOLDER, *CLAIM_IDS):
+    for name in (CACHE_FOLDER, *registry.CLAIM_IDS):
         path = out / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -61,17 +61,17 @@ def run_lab(config: LabConfig, preset: str, session: Session) -> int:
     started = time.perf_counter()
     records: dict[str, dict[str, Any]] = {}
     selected = config.selected()
-    for claim_id in CLAIM_IDS:
+    for claim_id in registry.CLAIM_IDS:
         folder = out / claim_id
         if claim_id not in selected:
             # an earlier invocation's result (--only, then --resume): kept in the report
-            spec = load_claim(claim_id) if session.options.resume else None
+            spec = registry.load_claim(claim_id) if session.options.resume else None
             stored = (_stored(folder, preset, spec.presets[preset].to_dict())
                       if spec is not None and preset in spec.presets else None)
             if stored is not None:
                 records[claim_id] = stored
             continue
-        spec = load_claim(claim_id)
+        spec = registry.load_claim(claim_id)
         if preset not in spec.presets:
             continue
         claim_config = spec.presets[preset].to_dict()
@@ -89,8 +89,8 @@ def run_lab(config: LabConfig, preset: str, session: Session) -> int:
                       "result": result.to_dict()}
             write_json(folder / RESULT, record)
         records[claim_id] = record
-        write_report(out, preset, {cid: (load_claim(cid), rec) for cid, rec in records.items()},
-                     session.runtime(), time.perf_counter() - started)
+        done = {cid: (registry.load_claim(cid), rec) for cid, rec in records.items()}
+        write_report(out, preset, done, session.runtime(), time.perf_counter() - started)
     if not records:
         session.warn(f"no claim has a {preset!r} preset among {', '.join(selected)}")
         return 2

@@ -136,8 +136,9 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: ty
 
 
 def add_preset_flag(parser: argparse.ArgumentParser, presets: Mapping[str, Mapping[str, Any]],
-                    default: str = "default") -> None:
-    described = "; ".join(
+                    default: str = "default", *, help: str | None = None) -> None:
+    """``--preset NAME``; ``help`` describes the presets (default: their settings)."""
+    described = help or "; ".join(
         f"{name}: " + (", ".join(f"{_flag(k)} {_show(v)}" for k, v in values.items())
                        or "the defaults")
         for name, values in presets.items())
