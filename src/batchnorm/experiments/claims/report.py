@@ -46,8 +46,9 @@ def write_report(out: Path, preset: str, claims: Mapping[str, tuple[ClaimSpec, M
     lines = [
         "# The claims lab: what Batch Normalization buys, tested on real data",
         "",
-        f"Preset `{preset}`; {len(entries)} claims; this invocation took {wall_s / 60:.1f} min "
-        f"(claims reused with `--resume` count their own recorded time below). Each verdict "
+        f"Preset `{preset}`; {len(entries)} claims; their recorded training time adds up to "
+        f"{sum(entry['wall_s'] or 0 for entry in entries) / 60:.1f} min (this invocation: "
+        f"{wall_s / 60:.1f} min; a claim reused with `--resume` keeps its own time). Each verdict "
         "comes from a rule written in the code before the run, applied to the 95% interval "
         "over seeds: *supported* when the interval lies on the claim's side of the margin, "
         "*not supported* when it lies on the other side, *mixed* when it straddles it.",
