@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "algorithm2": 4,
     "convert": 4,
     "fused": 4,
+    "ghost": 4,
     "layers": 4,
     "functional": 3,
     "statistics": 2,

@@ -4,6 +4,7 @@ from batchnorm.algorithm2 import Report, batchnormalize, fold, recompute_statist
 from batchnorm.convert import convert, convert_to_torch
 from batchnorm.functional import batch_norm
 from batchnorm.fused import BatchNormAct1d, BatchNormAct2d
+from batchnorm.ghost import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d
 from batchnorm.layers import BatchNorm1d, BatchNorm2d, BatchNorm3d
 
 __all__ = [
@@ -12,6 +13,9 @@ __all__ = [
     "BatchNorm3d",
     "BatchNormAct1d",
     "BatchNormAct2d",
+    "GhostBatchNorm1d",
+    "GhostBatchNorm2d",
+    "GhostBatchNorm3d",
     "Report",
     "batch_norm",
     "batchnormalize",
