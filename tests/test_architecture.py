@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "benchmark": 7,
     "models": 6,
     "": 5,  # the package root: re-exports the public API
+    "accumulate": 4,
     "algorithm2": 4,
     "convert": 4,
     "fused": 4,

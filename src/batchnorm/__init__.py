@@ -1,5 +1,6 @@
 """Batch Normalization (Ioffe & Szegedy 2015), exactly."""
 
+from batchnorm.accumulate import accumulate_statistics
 from batchnorm.algorithm2 import Report, batchnormalize, fold, recompute_statistics
 from batchnorm.convert import convert, convert_to_torch
 from batchnorm.functional import batch_norm
@@ -17,6 +18,7 @@ __all__ = [
     "GhostBatchNorm2d",
     "GhostBatchNorm3d",
     "Report",
+    "accumulate_statistics",
     "batch_norm",
     "batchnormalize",
     "convert",
