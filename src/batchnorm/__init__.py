@@ -7,6 +7,8 @@ from batchnorm.functional import batch_norm
 from batchnorm.fused import BatchNormAct1d, BatchNormAct2d
 from batchnorm.ghost import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d
 from batchnorm.layers import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from batchnorm.renorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
+from batchnorm.sync import SyncBatchNorm, revert_sync_batchnorm
 
 __all__ = [
     "BatchNorm1d",
@@ -14,10 +16,14 @@ __all__ = [
     "BatchNorm3d",
     "BatchNormAct1d",
     "BatchNormAct2d",
+    "BatchRenorm1d",
+    "BatchRenorm2d",
+    "BatchRenorm3d",
     "GhostBatchNorm1d",
     "GhostBatchNorm2d",
     "GhostBatchNorm3d",
     "Report",
+    "SyncBatchNorm",
     "accumulate_statistics",
     "batch_norm",
     "batchnormalize",
@@ -25,5 +31,6 @@ __all__ = [
     "convert_to_torch",
     "fold",
     "recompute_statistics",
+    "revert_sync_batchnorm",
 ]
 __version__ = "0.1.0"
