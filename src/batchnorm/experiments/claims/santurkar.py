@@ -64,6 +64,7 @@ __all__ = [
     "landscape",
     "layer_ics",
     "noisy_verdict",
+    "probe_along_gradient",
     "smoothness_verdict",
 ]
 
@@ -190,35 +191,53 @@ def layer_ics(model: StackedMLP, x: Tensor, y: Tensor, lrs: Tensor,
     return torch.stack(relative, 1), torch.stack(cosine, 1)
 
 
-def landscape(model: StackedMLP, x: Tensor, y: Tensor, lrs: Tensor,
-              factors: Sequence[float], noise: NoisyReLU | None = None) -> dict[str, Tensor]:
-    """Per network (K,): ``loss_range``, ``grad_change`` (gradient predictiveness: the
-    largest ``||g - g(theta_f)||``) and ``beta`` (the largest ``||g - g(theta_f)|| /
-    ||theta_f - theta||``) along theta_f = theta - f * lr * g (module doc). The model is
-    left as it was."""
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    noise_state = noise.generator.get_state() if noise is not None else None
-    _, grads = _gradients(model, x, y)
-    names = list(grads)
-    g_norm = _per_network_norm([grads[n] for n in names])
+def probe_along_gradient(closure: Any, params: Sequence[Tensor], lrs: Tensor,
+                         factors: Sequence[float]) -> dict[str, Tensor]:
+    """The three landscape measures of K stacked problems (module doc), generic:
+    ``closure()`` returns (losses (K,), gradients of ``params``) at the current ``params``
+    (tensors (K, ...)); they are moved to theta - f * lr_k * g for each f and restored."""
+    _, grads = closure()
+    grads = [g.detach().clone() for g in grads]
+    saved = [p.detach().clone() for p in params]
+    g_norm = _per_network_norm(grads)
     losses, changes, betas = [], [], []
     for factor in factors:
-        _shift(model, lrs, grads, names, factor)
-        if noise is not None:
-            noise.generator.set_state(noise_state)
-        loss, moved = _gradients(model, x, y)
-        model.load_state_dict(state)
-        change = _per_network_norm([grads[n] - moved[n] for n in names])
-        losses.append(loss.double())
+        with torch.no_grad():
+            for p, g in zip(params, grads, strict=True):
+                p.sub_(g * (factor * lrs).to(p.dtype).view(-1, *[1] * (p.dim() - 1)))
+        loss, moved = closure()
+        with torch.no_grad():
+            for p, old in zip(params, saved, strict=True):
+                p.copy_(old)
+        change = _per_network_norm([g - m for g, m in zip(grads, moved, strict=True)])
+        losses.append(loss.detach().double())
         changes.append(change)
         betas.append(change / (factor * lrs.double() * g_norm))
-    if noise is not None:
-        noise.generator.set_state(noise_state)
-    model.load_state_dict(state)
     stacked = torch.stack(losses)
     return {"loss_range": stacked.max(0).values - stacked.min(0).values,
             "grad_change": torch.stack(changes).max(0).values,
             "beta": torch.stack(betas).max(0).values}
+
+
+def landscape(model: StackedMLP, x: Tensor, y: Tensor, lrs: Tensor,
+              factors: Sequence[float], noise: NoisyReLU | None = None) -> dict[str, Tensor]:
+    """:func:`probe_along_gradient` of every network of ``model`` on batch (x, y), all
+    parameters, the same noise at every point; the model (buffers too) is left as it was."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    noise_state = noise.generator.get_state() if noise is not None else None
+    names = [name for name, _ in model.named_parameters()]
+
+    def closure() -> tuple[Tensor, list[Tensor]]:
+        if noise is not None:
+            noise.generator.set_state(noise_state)
+        losses, grads = _gradients(model, x, y)
+        return losses, [grads[name] for name in names]
+
+    result = probe_along_gradient(closure, list(model.parameters()), lrs, factors)
+    if noise is not None:
+        noise.generator.set_state(noise_state)
+    model.load_state_dict(state)
+    return result
 
 
 def shift_between(before: Sequence[tuple[Tensor, Tensor]],
