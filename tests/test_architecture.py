@@ -21,13 +21,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "batchnorm"
 LAYERS: dict[str, int] = {
     "__main__": 8,
     "cli": 8,
+    "diagnose_cli": 8,
     "experiments": 7,
     "benchmark": 7,
     "models": 6,
     "": 5,  # the package root: re-exports the public API
     "accumulate": 4,
     "algorithm2": 4,
+    "diagnose": 4,
     "convert": 4,
+    "frozen": 4,
     "fused": 4,
     "ghost": 4,
     "layers": 4,

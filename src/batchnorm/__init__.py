@@ -3,6 +3,14 @@
 from batchnorm.accumulate import accumulate_statistics
 from batchnorm.algorithm2 import Report, batchnormalize, fold, recompute_statistics
 from batchnorm.convert import convert, convert_to_torch
+from batchnorm.diagnose import diagnose
+from batchnorm.frozen import (
+    FrozenBatchNorm1d,
+    FrozenBatchNorm2d,
+    FrozenBatchNorm3d,
+    freeze_batchnorm,
+    unfreeze_batchnorm,
+)
 from batchnorm.functional import batch_norm
 from batchnorm.fused import BatchNormAct1d, BatchNormAct2d
 from batchnorm.ghost import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d
@@ -19,6 +27,9 @@ __all__ = [
     "BatchRenorm1d",
     "BatchRenorm2d",
     "BatchRenorm3d",
+    "FrozenBatchNorm1d",
+    "FrozenBatchNorm2d",
+    "FrozenBatchNorm3d",
     "GhostBatchNorm1d",
     "GhostBatchNorm2d",
     "GhostBatchNorm3d",
@@ -29,8 +40,11 @@ __all__ = [
     "batchnormalize",
     "convert",
     "convert_to_torch",
+    "diagnose",
     "fold",
+    "freeze_batchnorm",
     "recompute_statistics",
     "revert_sync_batchnorm",
+    "unfreeze_batchnorm",
 ]
 __version__ = "0.1.0"

@@ -30,6 +30,7 @@ _COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
         "every claim of the paper and its critics, each with a verdict",
     ),
     (("bench",), "batchnorm.benchmark", "benchmark every backend against torch"),
+    (("diagnose",), "batchnorm.diagnose_cli", "health check of the BN layers of a saved model"),
 ]
 
 
