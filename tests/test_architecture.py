@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "fused": 4,
     "ghost": 4,
     "layers": 4,
+    "percentiles": 4,
     "renorm": 4,
     "sync": 4,
     "functional": 3,

@@ -15,6 +15,7 @@ from batchnorm.functional import batch_norm
 from batchnorm.fused import BatchNormAct1d, BatchNormAct2d
 from batchnorm.ghost import GhostBatchNorm1d, GhostBatchNorm2d, GhostBatchNorm3d
 from batchnorm.layers import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from batchnorm.percentiles import track_percentiles
 from batchnorm.renorm import BatchRenorm1d, BatchRenorm2d, BatchRenorm3d
 from batchnorm.sync import SyncBatchNorm, revert_sync_batchnorm
 
@@ -45,6 +46,7 @@ __all__ = [
     "freeze_batchnorm",
     "recompute_statistics",
     "revert_sync_batchnorm",
+    "track_percentiles",
     "unfreeze_batchnorm",
 ]
 __version__ = "0.1.0"
