@@ -1,0 +1,219 @@
+"""Frozen BN: eval-mode BN as a fixed affine map; freeze/unfreeze round trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import batchnorm
+from batchnorm import (
+    BatchNorm1d,
+    BatchNorm2d,
+    BatchNorm3d,
+    FrozenBatchNorm1d,
+    FrozenBatchNorm2d,
+    FrozenBatchNorm3d,
+    freeze_batchnorm,
+    unfreeze_batchnorm,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TORCH_BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+OUR_BN = {1: BatchNorm1d, 2: BatchNorm2d, 3: BatchNorm3d}
+FROZEN = {1: FrozenBatchNorm1d, 2: FrozenBatchNorm2d, 3: FrozenBatchNorm3d}
+SPATIAL = {1: (5,), 2: (4, 3), 3: (3, 2, 2)}
+
+
+def _trained(layer: nn.Module, dim: int, steps: int = 3) -> nn.Module:
+    with torch.no_grad():
+        if layer.affine:
+            layer.weight.uniform_(0.5, 2.0)
+            layer.bias.uniform_(-1.0, 1.0)
+    dtype = layer.running_mean.dtype
+    for _ in range(steps):
+        layer(torch.randn(8, layer.num_features, *SPATIAL[dim], dtype=dtype) * 3 + 1)
+    return layer
+
+
+def _model(dim: int = 2) -> nn.Module:
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dim]
+    return nn.Sequential(conv(3, 4, 1), TORCH_BN[dim](4), nn.ReLU(),
+                         nn.Sequential(conv(4, 5, 1), OUR_BN[dim](5, momentum=0.3)),
+                         nn.Flatten(), nn.LazyLinear(2), nn.BatchNorm1d(2))  # fmt: skip
+
+
+def _warm(model: nn.Module, dim: int = 2) -> torch.Tensor:
+    for _ in range(3):
+        model(torch.randn(8, 3, *SPATIAL[dim]) * 2 + 1)
+    return torch.randn(6, 3, *SPATIAL[dim])
+
+
+def test_formula_in_float64():
+    frozen = FrozenBatchNorm2d(3, eps=1e-3, dtype=torch.float64)
+    state = {"weight": torch.tensor([1.0, -2.0, 0.5]), "bias": torch.tensor([0.0, 1.0, -1.0]),
+             "running_mean": torch.tensor([0.5, -1.0, 3.0]),
+             "running_var": torch.tensor([0.25, 4.0, 1e-4])}  # fmt: skip
+    frozen.load_state_dict({k: v.double() for k, v in state.items()})
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    s = {k: v.double().numpy().reshape(1, 3, 1, 1) for k, v in state.items()}
+    expected = (x.numpy() - s["running_mean"]) / np.sqrt(s["running_var"] + 1e-3) * s["weight"] \
+        + s["bias"]
+    np.testing.assert_allclose(frozen(x).numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+@pytest.mark.parametrize("source", ["torch", "ours"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_loads_a_bn_state_dict_and_equals_eval_bn(dim, source, dtype):
+    bn = _trained((TORCH_BN if source == "torch" else OUR_BN)[dim](4, dtype=dtype), dim)
+    frozen = FROZEN[dim](4, dtype=dtype)
+    frozen.load_state_dict(bn.state_dict())  # strict: num_batches_tracked is accepted
+    assert list(frozen.state_dict()) == ["weight", "bias", "running_mean", "running_var"]
+    assert int(frozen.num_batches_tracked) == 3
+    x = torch.randn(5, 4, *SPATIAL[dim], dtype=dtype) * 2
+    tolerance = {"rtol": 1e-12, "atol": 1e-12} if dtype == torch.float64 else {}
+    torch.testing.assert_close(frozen(x), bn.eval()(x), **tolerance)
+    torch.testing.assert_close(frozen.train()(x), bn(x), **tolerance)  # train mode: still frozen
+
+
+def test_1d_flat_input_and_rank_errors():
+    bn = _trained(nn.BatchNorm1d(4), 1)
+    frozen = FrozenBatchNorm1d(4)
+    frozen.load_state_dict(bn.state_dict())
+    x = torch.randn(7, 4)
+    torch.testing.assert_close(frozen(x), bn.eval()(x))
+    with pytest.raises(ValueError, match="expected 4D input"):
+        FrozenBatchNorm2d(4)(torch.randn(2, 4, 3))
+    with pytest.raises(ValueError, match="channels"):
+        FrozenBatchNorm2d(4)(torch.randn(2, 3, 3, 3))
+
+
+def test_buffers_never_change_and_get_no_gradient():
+    frozen = FrozenBatchNorm2d(3).train()
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    x = torch.randn(4, 3, 2, 2, requires_grad=True)
+    frozen(x * 5 + 3).sum().backward()
+    assert all(torch.equal(before[k], v) for k, v in frozen.state_dict().items())
+    assert list(frozen.parameters()) == []
+    torch.testing.assert_close(x.grad, torch.full_like(x, 5.0) * frozen.scale_shift()[0][0])
+
+
+def test_trainable_affine_trains_and_statistics_stay():
+    frozen = FrozenBatchNorm1d(3, trainable_affine=True)
+    assert [name for name, _ in frozen.named_parameters()] == ["weight", "bias"]
+    x = torch.randn(6, 3)
+    frozen(x).pow(2).sum().backward()
+    torch.testing.assert_close(frozen.bias.grad, 2 * frozen(x).detach().sum(0))
+    xhat = x / (1 + frozen.eps) ** 0.5
+    torch.testing.assert_close(frozen.weight.grad, 2 * (frozen(x).detach() * xhat).sum(0))
+    assert "trainable_affine=True" in repr(frozen)
+
+
+def test_half_precision_rounds_once():
+    bn = _trained(nn.BatchNorm2d(3), 2)
+    frozen = FrozenBatchNorm2d(3)
+    frozen.load_state_dict(bn.state_dict())
+    x = torch.randn(4, 3, 5, 5).to(torch.bfloat16)
+    y = frozen(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, bn.eval()(x.float()).to(torch.bfloat16), rtol=0.01, atol=0.02)
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+@pytest.mark.parametrize("trainable_affine", [False, True])
+def test_freeze_model_matches_eval_and_round_trips(dim, trainable_affine):
+    model = _model(dim)
+    x = _warm(model, dim)
+    expected = model.eval()(x)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    params_before = {id(p) for p in model.parameters()}
+    model.train()
+    frozen = freeze_batchnorm(model, trainable_affine=trainable_affine)
+    assert frozen is model
+    kinds = [type(m) for m in model.modules() if isinstance(m, batchnorm.frozen._FrozenBatchNorm)]
+    assert kinds == [FROZEN[dim], FROZEN[dim], FrozenBatchNorm1d]
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert model.training and model[1].training  # mode kept
+    torch.testing.assert_close(model(x), expected)  # train mode, frozen statistics
+    bn_params = 6 if trainable_affine else 0
+    assert len(list(model.parameters())) == 2 + 2 + 2 + bn_params
+    if trainable_affine:  # the BN parameters are the same objects (the optimizer keeps them)
+        assert {id(p) for p in model.parameters()} == params_before
+    back = unfreeze_batchnorm(model, momentum=0.05)
+    assert [type(m) for m in back.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] \
+        == [OUR_BN[dim], OUR_BN[dim], BatchNorm1d]
+    assert back[1].momentum == 0.05
+    assert {k: v.dtype for k, v in back.state_dict().items()} == \
+        {k: v.dtype for k, v in state.items()}
+    for key, value in back.state_dict().items():
+        torch.testing.assert_close(value, state[key], rtol=0, atol=0, msg=key)
+    if trainable_affine:
+        assert {id(p) for p in back.parameters()} == params_before
+    torch.testing.assert_close(back.eval()(x), expected, rtol=0, atol=0)
+
+
+def test_freeze_the_root_layer_and_unfreeze_it():
+    bn = _trained(nn.BatchNorm2d(3), 2).eval()
+    x = torch.randn(2, 3, 4, 4)
+    frozen = freeze_batchnorm(bn)
+    assert isinstance(frozen, FrozenBatchNorm2d) and not frozen.training
+    torch.testing.assert_close(frozen(x), bn(x))
+    back = unfreeze_batchnorm(frozen)
+    assert type(back) is BatchNorm2d and not back.training
+    torch.testing.assert_close(back(x), bn(x), rtol=0, atol=0)
+    assert freeze_batchnorm(frozen) is frozen  # nothing left to freeze
+
+
+def test_freeze_ghost_renorm_and_no_affine():
+    layers = nn.Sequential(batchnorm.GhostBatchNorm2d(3, 2), batchnorm.BatchRenorm2d(3),
+                           nn.BatchNorm2d(3, affine=False))  # fmt: skip
+    for _ in range(3):
+        layers(torch.randn(8, 3, 2, 2) * 2 + 1)
+    x = torch.randn(4, 3, 2, 2)
+    expected = layers.eval()(x)
+    torch.testing.assert_close(freeze_batchnorm(layers)(x), expected)
+    assert all(isinstance(m, FrozenBatchNorm2d) for m in layers)
+
+
+def test_unfreeze_after_loading_a_torch_state_dict_does_not_warn(recwarn):
+    bn = _trained(nn.BatchNorm2d(3), 2)
+    frozen = FrozenBatchNorm2d(3)
+    frozen.load_state_dict(bn.state_dict())
+    back = unfreeze_batchnorm(frozen).eval()
+    back(torch.randn(2, 3, 2, 2))
+    assert int(back.num_batches_tracked) == 3
+    assert not [w for w in recwarn if "tracked no statistics" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    ("layer", "error", "match"),
+    [(batchnorm.BatchNormAct2d(3), TypeError, "activation"),
+     (nn.SyncBatchNorm(3), TypeError, "only BatchNorm1d/2d/3d"),
+     (nn.LazyBatchNorm2d(), TypeError, "only BatchNorm1d/2d/3d"),
+     (nn.BatchNorm2d(3, track_running_stats=False), ValueError, "no running statistics")],
+)  # fmt: skip
+def test_freeze_refuses_what_it_cannot_keep(layer, error, match):
+    with pytest.raises(error, match=match):
+        freeze_batchnorm(nn.Sequential(nn.Identity(), nn.Sequential(layer)))
+    with pytest.raises(error, match=r"1\.0"):  # names the layer's path
+        freeze_batchnorm(nn.Sequential(nn.Identity(), nn.Sequential(layer)))
+
+
+@pytest.mark.parametrize(("args", "error"), [((0,), ValueError), ((2.0,), TypeError),
+                                             ((3, 0.0), ValueError)])
+def test_bad_arguments(args, error):
+    with pytest.raises(error):
+        FrozenBatchNorm2d(*args)
+
+
+@pytest.mark.slow
+def test_compiles_without_graph_breaks():
+    torch._dynamo.reset()
+    frozen = freeze_batchnorm(_trained(nn.BatchNorm2d(3), 2))
+    x = torch.randn(4, 3, 5, 5)
+    explanation = torch._dynamo.explain(frozen)(x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    torch.testing.assert_close(torch.compile(frozen, fullgraph=True)(x), frozen(x))
