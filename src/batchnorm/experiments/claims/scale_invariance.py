@@ -134,8 +134,9 @@ RULE = Rule("BN is scale-invariant (paper section 3.3)",
 
 def verdict(per_seed_max_error: Sequence[float]) -> tuple[Verdict, Interval]:
     """Per seed, the largest relative error of all identities (all layers, scales and
-    batches): supported if the 95% interval lies below 1e-10, not supported if above."""
-    values = [v if math.isfinite(v) else 1e300 for v in per_seed_max_error]
+    batches): supported if the 95% interval lies below 1e-10, not supported if above.
+    Errors are capped at 1 (100%: an infinite or NaN one counts as totally broken)."""
+    values = [min(v, 1.0) if not math.isnan(v) else 1.0 for v in per_seed_max_error]
     interval = mean_interval(values)
     return decide(RULE, interval), interval
 
