@@ -66,6 +66,7 @@ def test_a_healthy_trained_model_has_no_findings(healthy):
     for layer in result:
         assert layer.shift_max is not None and layer.shift_max < Limits().shift
         assert layer.fresh_samples == 20 * 64
+        assert 0 <= layer.var_log_mean < 0.2
     assert "0 of 3 BN layers flagged (20 batches)" in str(result)
     # the model was trained: its accuracy is far above chance (the check means something)
     x, y = _data(512, torch.Generator().manual_seed(3))

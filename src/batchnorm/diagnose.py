@@ -11,6 +11,9 @@ statistics of what it was given. Per channel c, over all N values seen::
     shift_c     = |mean_fresh_c - running_mean_c| / sqrt(running_var_c + eps)
     var_ratio_c = var_fresh_c / running_var_c        (var_fresh unbiased, pooled exactly)
 
+reported as max and mean over channels (and ``var_log_mean``, the mean of |ln var_ratio_c|,
+a symmetric summary).
+
 ``shift`` is the train/eval discrepancy of the mean in units of the running std
 (what an inference-time input is off by); a factor ``max(r, 1/r)`` of the
 variance ratio far from 1 means eval outputs are scaled wrongly. The pass
@@ -71,6 +74,7 @@ class LayerDiagnosis:
     shift_mean: float | None
     var_factor_max: float | None
     var_ratio_mean: float | None
+    var_log_mean: float | None  # mean over channels of |ln var_ratio|
     dead_channels: list[int] = field(default_factory=list)
     tiny_var_channels: list[int] = field(default_factory=list)
     findings: list[str] = field(default_factory=list)
@@ -205,7 +209,7 @@ def _layer_diagnosis(name: str, layer: nn.Module, fresh: Moments | None,
     population = _count(layer, "population_samples")
     skipped = _count(layer, "skipped_updates")
     found: list[str] = []
-    shift_max = shift_mean = factor_max = ratio_mean = None
+    shift_max = shift_mean = factor_max = ratio_mean = log_mean = None
     if fresh is None:
         found.append("did not run on these batches")
     else:
@@ -216,6 +220,7 @@ def _layer_diagnosis(name: str, layer: nn.Module, fresh: Moments | None,
         factor = torch.maximum(ratio, 1 / ratio)
         shift_max, shift_mean = _finite_float(shift.max()), _finite_float(shift.mean())
         factor_max, ratio_mean = _finite_float(factor.max()), _finite_float(ratio.mean())
+        log_mean = _finite_float(ratio.log().abs().mean())
         if not (torch.isfinite(mean).all() and torch.isfinite(var).all()):
             found.append("non-finite inputs in these batches")
         if shift_max > limits.shift:
@@ -246,7 +251,7 @@ def _layer_diagnosis(name: str, layer: nn.Module, fresh: Moments | None,
         found.append(f"{skipped} non-finite batches skipped")
     return LayerDiagnosis(name, type(layer).__name__, running_mean.numel(), tracked, population,
                           skipped, 0 if fresh is None else fresh.n, shift_max, shift_mean,
-                          factor_max, ratio_mean, dead, tiny, found)
+                          factor_max, ratio_mean, log_mean, dead, tiny, found)
 
 
 def _channels(indices: list[int], limit: int = 8) -> str:
