@@ -152,7 +152,6 @@ def test_one_value_per_channel_names_layer_and_shape():
         (BatchNorm1d(3), (4, 3, 5, 5), r"BatchNorm1d\(3\): expected 2D or 3D input"),
         (BatchNorm2d(3), (4, 5, 2, 2), r"BatchNorm2d\(3\): expected 3 channels.*5 channels"),
         (BatchNorm3d(2), (2, 2, 2, 2), r"BatchNorm3d\(2\): expected 5D input"),
-        (BatchNorm1d(3), (0, 3), r"BatchNorm1d\(3\): cannot compute batch statistics of an empty"),
     ],
 )
 def test_bad_shapes(layer, shape, match):
@@ -172,7 +171,6 @@ def test_empty_batch_in_eval_mode_is_fine():
     [
         (dict(num_features=0), ValueError, "num_features must be positive"),
         (dict(num_features=2.0), TypeError, "num_features must be an int"),
-        (dict(num_features=2, eps=0), ValueError, "eps must be positive"),
         (dict(num_features=2, momentum=1.5), ValueError, "momentum must be in"),
         (dict(num_features=2, estimator="median"), ValueError, "estimator must be one of"),
         (dict(num_features=2, estimator="ema", momentum=None), ValueError, "needs a momentum"),

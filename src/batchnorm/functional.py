@@ -35,6 +35,7 @@ from batchnorm.backends import AUTO, Backend, auto, get, names
 from batchnorm.statistics import update_moving_average
 
 __all__ = [
+    "BatchNormShapeError",
     "Normalized",
     "available_backends",
     "batch_norm",
@@ -42,6 +43,37 @@ __all__ = [
     "resolve_backend",
     "validate_input",
 ]
+
+
+class BatchNormShapeError(ValueError, RuntimeError):
+    """A running statistic or affine vector of the wrong size.
+
+    Both a ValueError (this package's errors for bad arguments) and a
+    RuntimeError (what torch raises for it), so callers catching either keep working.
+    """
+
+
+def check_vectors(input: Tensor, owner: str = "batch_norm", **vectors: Tensor | None) -> None:
+    """Raise :class:`BatchNormShapeError` unless every given vector has shape (C,)."""
+    channels = input.shape[1]
+    for name, vector in vectors.items():
+        if vector is not None and vector.shape != (channels,):
+            raise BatchNormShapeError(
+                f"{owner}: {name} has shape {tuple(vector.shape)}, expected ({channels},) "
+                f"for input of shape {tuple(input.shape)}"
+            )
+
+
+def check_eps(eps: float, training: bool, owner: str = "batch_norm") -> None:
+    """torch's rule: ``eps > 0`` to normalize with batch statistics, ``eps >= 0`` otherwise.
+
+    Checked where torch checks it (the forward), so an eval-only model built with
+    ``eps=0`` keeps working.
+    """
+    if training and not eps > 0:
+        raise ValueError(f"{owner}: eps must be positive during training, got {eps}")
+    if not eps >= 0:
+        raise ValueError(f"{owner}: eps must be non-negative, got {eps}")
 
 
 class Normalized(NamedTuple):
@@ -52,7 +84,8 @@ class Normalized(NamedTuple):
     #: None in evaluation or when the backend updated the running statistics itself.
     batch_mean: Tensor | None
     batch_var: Tensor | None
-    #: True if the running statistics were already updated (in the backend's kernel).
+    #: True if the running statistics were already updated (in the backend's kernel),
+    #: or there is nothing to update them with (an empty training batch).
     updated: bool
 
 
@@ -97,13 +130,8 @@ def validate_input(
             f"{owner}: expected {num_features} channels in dimension 1, got input of shape "
             f"{tuple(input.shape)} with {input.shape[1]} channels"
         )
-    if training:
+    if training and input.numel() > 0:  # an empty batch passes, as in torch (no statistics)
         values_per_channel = input.numel() // max(input.shape[1], 1)
-        if input.numel() == 0:
-            raise ValueError(
-                f"{owner}: cannot compute batch statistics of an empty batch "
-                f"(input shape {tuple(input.shape)})"
-            )
         if values_per_channel <= 1:
             raise ValueError(
                 f"{owner}: expected more than 1 value per channel when training, got input "
@@ -125,16 +153,21 @@ def normalize(
     activation: str = "identity",
     residual: Tensor | None = None,
     momentum: float | None = None,
+    skipped_updates: Tensor | None = None,
 ) -> Normalized:
     """``act(BN(input) [+ residual])``: the one forward path of every BN in this package.
 
     Running statistics are left alone, unless ``momentum`` is given (training
     with running statistics): then a backend with an in-kernel update may
-    apply ``s <- (1 - momentum) s + momentum s_B`` itself and report
-    ``updated=True``. Input is assumed validated (:func:`validate_input`).
+    apply ``s <- (1 - momentum) s + momentum s_B`` itself (a non-finite batch
+    leaving them unchanged and adding 1 to ``skipped_updates``, if given) and
+    report ``updated=True``. Input is assumed validated (:func:`validate_input`).
+
+    An empty batch in training gives an empty output that still depends on
+    ``weight`` and ``bias`` (their gradients are zeros, as in torch) and no
+    statistics: ``(output, None, None, True)``, nothing to update.
     """
-    if not eps > 0:
-        raise ValueError(f"eps must be positive, got {eps}")
+    check_eps(eps, use_batch_statistics)
     check_activation(activation, "batch_norm")
     if residual is not None and residual.shape != input.shape:
         raise ValueError(
@@ -142,9 +175,11 @@ def normalize(
         )
     if not use_batch_statistics and (running_mean is None or running_var is None):
         raise ValueError("running_mean and running_var are required when not training")
-    if input.numel() == 0 and not use_batch_statistics:
-        output = input.clone() if residual is None else input + residual
-        return Normalized(activate(output, activation), None, None, False)
+    if input.numel() == 0:
+        return Normalized(
+            _empty_output(input, weight, bias, residual, activation), None, None,
+            use_batch_statistics,
+        )  # fmt: skip
     chosen = resolve_backend(backend, input, use_batch_statistics, activation)
     if chosen.fuses_activation:
         output, mean, var = chosen.forward(
@@ -162,7 +197,7 @@ def normalize(
         and running_var is not None
     ):
         output = chosen.update_in_kernel(
-            input, weight, bias, running_mean, running_var, momentum, eps
+            input, weight, bias, running_mean, running_var, momentum, eps, skipped_updates
         )
         updated = output is not None
     if output is None:
@@ -176,6 +211,19 @@ def normalize(
     if activation != "identity":
         output = activate(output, activation)
     return Normalized(output, mean, var, updated)
+
+
+def _empty_output(input, weight, bias, residual, activation) -> Tensor:
+    """``act(w * x + b [+ r])`` of an empty ``x``: empty, and differentiable in w and b."""
+    view = (1, -1) + (1,) * (input.dim() - 2)
+    output = input.clone()
+    if weight is not None:
+        output = output * weight.view(view)
+    if bias is not None:
+        output = output + bias.view(view)
+    if residual is not None:
+        output = output + residual
+    return activate(output, activation)
 
 
 def batch_norm(
@@ -197,17 +245,9 @@ def batch_norm(
     error that names the problem.
     """
     validate_input(input, None, training)
-    for name, vector in (
-        ("running_mean", running_mean),
-        ("running_var", running_var),
-        ("weight", weight),
-        ("bias", bias),
-    ):
-        if vector is not None and vector.shape != (input.shape[1],):
-            raise ValueError(
-                f"batch_norm: {name} has shape {tuple(vector.shape)}, expected "
-                f"({input.shape[1]},) for input of shape {tuple(input.shape)}"
-            )
+    check_vectors(
+        input, running_mean=running_mean, running_var=running_var, weight=weight, bias=bias
+    )
     updating = training and running_mean is not None and running_var is not None
     result = normalize(
         input, weight, bias, running_mean, running_var, training, eps, backend,

@@ -11,7 +11,16 @@ weight-decay filters) all keep working. What changes is the forward:
   including ``"population"``, Algorithm 2 step 3 exactly;
 * bad input raises an error naming the layer and the shape; a batch with
   non-finite statistics never corrupts the running statistics (counted in the
-  non-persistent buffer ``skipped_updates``).
+  non-persistent buffer ``skipped_updates``), a guard computed on the device;
+* no host synchronization in the forward: every layer traces with
+  ``torch.compile(fullgraph=True)`` and ``torch.export`` in training and eval.
+
+torch 2.13's behaviour is kept where it is visible: the keyword-only ``bias``
+argument, ``eps`` checked by the forward (``> 0`` in training, ``>= 0`` in
+eval) rather than the constructor, an empty training batch giving an empty
+output and counting in ``num_batches_tracked`` without touching the statistics,
+batch statistics in eval when the running buffers are None, and wrong-size
+vectors raising a ``RuntimeError`` (:class:`~batchnorm.functional.BatchNormShapeError`).
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from batchnorm.backends import AUTO, names
-from batchnorm.functional import normalize, validate_input
+from batchnorm.functional import check_vectors, normalize, validate_input
 from batchnorm.statistics import ESTIMATORS, Estimator, update_running_statistics
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -63,6 +72,7 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         device: Any = None,
         dtype: torch.dtype | None = None,
         *,
+        bias: bool = True,
         estimator: Estimator | None = None,
         backend: str = "auto",
     ) -> None:
@@ -72,8 +82,6 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         num_features = int(num_features)  # NumPy integers and the like, as torch accepts
         if num_features <= 0:
             raise ValueError(f"{name}: num_features must be positive, got {num_features}")
-        if not eps > 0:
-            raise ValueError(f"{name}: eps must be positive, got {eps}")
         if momentum is not None and not 0.0 <= momentum <= 1.0:
             raise ValueError(f"{name}: momentum must be in [0, 1] or None, got {momentum}")
         if estimator is None:
@@ -88,7 +96,9 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(
                 f"{name}: unknown backend {backend!r}; available: {[AUTO, *names()]}"
             )
-        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        super().__init__(
+            num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias
+        )
         self.estimator: Estimator = estimator
         self.backend = backend
         if track_running_stats and estimator == "population":
@@ -119,8 +129,14 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         self._has_statistics = False
 
     def _check_statistics_tracked(self) -> None:
-        """Eval mode on the initial running statistics (mean 0, var 1) is almost never meant."""
-        if self.num_batches_tracked.device.type == "meta" or int(self.num_batches_tracked) > 0:
+        """Eval mode on the initial running statistics (mean 0, var 1) is almost never meant.
+
+        Reads ``num_batches_tracked`` on the host once per layer, in eager mode only
+        (while ``torch.compile``/``torch.export`` trace, the check is skipped).
+        """
+        if self.num_batches_tracked is None or self.num_batches_tracked.device.type == "meta" or (
+            int(self.num_batches_tracked) > 0
+        ):
             self._has_statistics = True
             return
         message = (
@@ -141,42 +157,53 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
 
         The layers' one forward: checks, :func:`~batchnorm.functional.normalize`,
         then the estimator (unless the backend updated the statistics in its kernel).
+        No host synchronization: the non-finite guard and the cumulative ``1/t`` stay
+        on the device, and the Python flag ``_has_statistics`` is only written eagerly.
         """
         self._check_input_dim(input)
-        use_batch_statistics = self.training or not self.track_running_stats
+        # torch's rule: batch statistics in training, and in eval when there are no buffers.
+        use_batch_statistics = self.training or (
+            self.running_mean is None and self.running_var is None
+        )
         validate_input(input, self.num_features, use_batch_statistics, self._describe())
-        if not use_batch_statistics and not self._has_statistics:
+        check_vectors(
+            input, self._describe(), running_mean=self.running_mean,
+            running_var=self.running_var, weight=self.weight, bias=self.bias,
+        )  # fmt: skip
+        eager = not torch.compiler.is_compiling()
+        if not use_batch_statistics and not self._has_statistics and eager:
             self._check_statistics_tracked()
-        tracking = self.training and self.track_running_stats
-        momentum = None  # offered to an in-kernel update (moving averages only)
-        if tracking and self.estimator != "population":
-            momentum = (  # cumulative: 1/t over the batches actually averaged in
-                1.0 / (float(self.num_batches_tracked - self.skipped_updates) + 1.0)
-                if self.estimator == "cumulative"
-                else self.momentum
-            )
+        tracking = (
+            self.training and self.track_running_stats and self.num_batches_tracked is not None
+        )
+        # Offered to an in-kernel update: the moving average only (the cumulative 1/t
+        # is a device tensor, applied by the estimator).
+        momentum = self.momentum if tracking and self.estimator == "ema" else None
         result = normalize(
             input,
             self.weight,
             self.bias,
-            self.running_mean,
-            self.running_var,
+            self.running_mean if tracking or not self.training else None,
+            self.running_var if tracking or not self.training else None,
             use_batch_statistics,
             self.eps,
             self.backend,
             activation=activation,
             residual=residual,
             momentum=momentum,
+            skipped_updates=self.skipped_updates,
         )
         if tracking:
             self.num_batches_tracked.add_(1)
-            if not result.updated:
+            if input.numel() == 0:  # counted, as torch does; nothing to average in
+                self.skipped_updates.add_(1)
+            elif not result.updated:
                 skipped = update_running_statistics(
                     self, self.estimator, result.batch_mean, result.batch_var,
                     input.numel() // input.shape[1],
                 )  # fmt: skip
                 self.skipped_updates.add_(skipped.to(self.skipped_updates.dtype))
-            if not self._has_statistics:  # nn.Module.__setattr__ is slow: set it once
+            if not self._has_statistics and eager:  # nn.Module.__setattr__ is slow: once
                 self._has_statistics = True
         return result.output
 

@@ -29,7 +29,9 @@ so that state dicts move freely between this project and ``torch.nn``.
 A batch with a non-finite statistic in any channel leaves the running
 statistics unchanged (the whole update is skipped, so that the buffers always
 describe the same set of batches); the layer counts such batches in
-``skipped_updates``.
+``skipped_updates``. The test and the skip stay on the device
+(``torch.where`` on a 0-dim flag), never a host synchronization: the update
+traces into one ``torch.compile`` / ``torch.export`` graph.
 """
 
 from __future__ import annotations
@@ -71,14 +73,18 @@ def update_moving_average(
     batch_mean: Tensor,
     batch_var: Tensor,
     count: int,
-    momentum: float,
+    momentum: float | Tensor,
 ) -> Tensor:
     """In-place moving-average update; returns a 0-dim bool tensor: was it applied?
 
-    ``batch_var`` is the biased variance of ``count`` values per channel.
+    ``batch_var`` is the biased variance of ``count`` values per channel;
+    ``momentum`` a float or a 0-dim tensor (the cumulative estimator's ``1/t``,
+    kept on the device).
     """
     correction = count / (count - 1) if count > 1 else 1.0
     finite = _all_finite(batch_mean, batch_var)
+    if isinstance(momentum, Tensor):
+        momentum = momentum.to(running_mean.dtype)
     new_mean = torch.lerp(running_mean, batch_mean.to(running_mean.dtype), momentum)
     new_var = torch.lerp(running_var, (batch_var * correction).to(running_var.dtype), momentum)
     running_mean.copy_(torch.where(finite, new_mean, running_mean))
@@ -146,7 +152,7 @@ def update_running_statistics(
         # (non-finite) batch counts in num_batches_tracked but not in the average.
         skipped = getattr(owner, "skipped_updates", None)
         applied = owner.num_batches_tracked - (skipped if skipped is not None else 0)
-        momentum = 1.0 / float(applied)
+        momentum = 1.0 / applied.clamp_min(1).double()  # 1/t on the device, no sync
     elif estimator == "ema":
         if owner.momentum is None:
             raise ValueError("the 'ema' estimator needs a momentum; momentum=None is 'cumulative'")

@@ -7,17 +7,14 @@ returns the batch statistics it computed (the variance recovered from ATen's
 
 *In-kernel update* (:func:`update_in_kernel`, the backend's ``update_in_kernel``
 field): small batches, such as an MLP's 60 x 100, are bound by per-operation
-overhead, and the guarded update of :mod:`batchnorm.statistics` costs several
-operations. For those, one reduction proves the statistics finite first (if the
-2-norm of the input is finite, so are its mean and variance) and ATen then
-updates the running statistics inside its own kernel. When that cannot be
-shown cheaply the function returns None and the caller takes the general path,
-which skips a non-finite batch's update exactly.
+overhead. ATen's training kernel normalizes and updates copies of the running
+statistics, ``(1 - momentum) s + momentum s_B``, in the same call; the guard
+then keeps the old statistics where the new ones are not finite (a non-finite
+batch statistic makes them non-finite), with ``torch.where`` on a 0-dim flag:
+no host synchronization, so it also traces into one compiled/exported graph.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
@@ -26,8 +23,8 @@ from batchnorm.backends.registry import Backend, register
 
 __all__ = ["BACKEND", "FUSED_UPDATE_MAX_NUMEL", "update_in_kernel"]
 
-#: Inputs up to this many elements take the in-kernel update: there the extra read
-#: of the input is cheaper than the ~8 small tensor operations it saves.
+#: Inputs up to this many elements take the in-kernel update (per-operation overhead
+#: dominates there); larger ones take the general path of :mod:`batchnorm.statistics`.
 FUSED_UPDATE_MAX_NUMEL = 1 << 18
 
 
@@ -53,24 +50,32 @@ def update_in_kernel(
     running_var: Tensor,
     momentum: float,
     eps: float,
+    skipped: Tensor | None = None,
 ) -> Tensor | None:
-    """ATen's training forward with its in-kernel running-statistics update, when safe.
+    """ATen's training forward with the moving-average update computed in its kernel.
 
-    Returns None (nothing done) unless ``input`` is a small float32/float64 CPU
-    tensor whose 2-norm is finite and whose running statistics share its dtype.
+    Returns None (nothing done) unless ``input`` has at most
+    :data:`FUSED_UPDATE_MAX_NUMEL` elements and the running statistics share its
+    dtype (float32/float64). A batch whose new statistics are not all finite leaves
+    them unchanged and adds 1 to ``skipped`` (if given); all on the device.
     """
     if (
-        input.device.type != "cpu"
-        or input.numel() > FUSED_UPDATE_MAX_NUMEL
+        input.numel() > FUSED_UPDATE_MAX_NUMEL
         or input.dtype not in (torch.float32, torch.float64)
         or running_mean.dtype != input.dtype
     ):
         return None
-    if not math.isfinite(float(torch.linalg.vector_norm(input.detach()))):
-        return None
-    return torch.nn.functional.batch_norm(
-        input, running_mean, running_var, weight, bias, True, momentum, eps
+    new_mean, new_var = running_mean.clone(), running_var.clone()  # autograd saves these
+    output, _mean, _invstd = torch.native_batch_norm(
+        input, weight, bias, new_mean, new_var, True, momentum, eps
     )
+    with torch.no_grad():
+        finite = torch.isfinite(new_mean).all() & torch.isfinite(new_var).all()
+        running_mean.copy_(torch.where(finite, new_mean, running_mean))
+        running_var.copy_(torch.where(finite, new_var, running_var))
+        if skipped is not None:
+            skipped.add_((~finite).to(skipped.dtype))
+    return output
 
 
 BACKEND = register(
