@@ -79,22 +79,24 @@ SHIFT_RATIO = 2.0  # noisy BN's shift must be more than twice BN's
 class SanturkarConfig(Settings):
     dataset: str = setting("mnist", "dataset", choices=("mnist", "fashion-mnist"))
     train: int = setting(50000, "training rows")
+    val: int = setting(5000, "validation rows (the last of the official training set)")
     test: int = setting(10000, "test rows")
     width: int = setting(100, "hidden units per layer")
     depth: int = setting(4, "hidden layers")
     batch: int = setting(60, "batch size")
-    steps: int = setting(1500, "SGD steps")
-    lrs: tuple[float, ...] = setting((0.03, 0.1, 0.3, 1.0), "learning-rate grid (per arm)")
+    steps: int = setting(800, "SGD steps")
+    lrs: tuple[float, ...] = setting((0.05, 0.2, 0.8), "learning-rate grid (per arm)")
     seeds: tuple[int, ...] = setting((0, 1, 2), "seeds")
-    probes: int = setting(5, "measurement points during training")
+    probes: int = setting(5, "measurement points during training",
+                          check=lambda n: None if n >= 1 else "expected >= 1")
     factors: tuple[float, ...] = setting((0.5, 1.0, 2.0, 4.0), "landscape step factors x lr")
     noise: tuple[float, ...] = setting((0.5, 1.0, 2.0), "noisy-BN noise levels n")
 
 
-QUICK = SanturkarConfig(train=10000, test=2000, width=64, depth=3, steps=300,
+QUICK = SanturkarConfig(train=10000, val=2000, test=2000, width=64, depth=3, steps=300,
                         lrs=(0.1, 0.5), seeds=(0, 1), probes=2, noise=(1.0,))
 DEFAULT = SanturkarConfig()
-GPU = SanturkarConfig(train=50000, width=256, depth=5, steps=10000,
+GPU = SanturkarConfig(train=50000, val=10000, width=256, depth=5, steps=10000,
                       lrs=(0.01, 0.03, 0.1, 0.3, 1.0, 3.0), seeds=(0, 1, 2, 3, 4), probes=10)
 PRESETS = {"quick": QUICK, "default": DEFAULT, "gpu": GPU}
 
@@ -351,7 +353,7 @@ def trainings(config: SanturkarConfig, context: ClaimContext,
             nonlocal split
             if split is None:
                 split = load_split(context, config.dataset, train=config.train,
-                                   test=config.test)
+                                   val=config.val, test=config.test)
             with context.bar(config.steps, f"train {arm}") as bar:
                 bar.start()
                 return _train_stack(config, split, arm, levels, bar)

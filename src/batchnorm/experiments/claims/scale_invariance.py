@@ -50,7 +50,7 @@ class ScaleConfig(Settings):
     width: int = setting(100, "hidden units")
     depth: int = setting(3, "hidden layers")
     batch: int = setting(60, "batch size")
-    steps: int = setting(1500, "SGD steps")
+    steps: int = setting(1000, "SGD steps")
     lrs: tuple[float, ...] = setting((0.1, 1.0), "learning rates")
     seeds: tuple[int, ...] = setting((0, 1, 2), "seeds")
     scales: tuple[float, ...] = setting((0.01, 0.1, 10.0, 100.0), "weight scales a")
@@ -145,7 +145,7 @@ def verdict(per_seed_max_error: Sequence[float]) -> tuple[Verdict, Interval]:
 
 
 def _train(config: ScaleConfig, context: ClaimContext, bar: Any) -> dict[str, Any]:
-    split = load_split(context, "mnist", train=config.train, test=config.test)
+    split = load_split(context, "mnist", train=config.train, val=5000, test=config.test)
     grid = [(lr, seed) for lr in config.lrs for seed in config.seeds]
     K = len(grid)
     seeds = [seed for _, seed in grid]
