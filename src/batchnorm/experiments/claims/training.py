@@ -16,8 +16,8 @@ changes them), so claims with equal keys share them:
 Every sub-run reports per network: ``val`` (final validation accuracy), ``val_at_80``
 (validation accuracy at 80% of the steps: the convergence check), ``test`` (final test
 accuracy), ``train_acc`` (accuracy on the first ``train_eval`` training images, eval
-mode), ``train_loss`` (mean training loss over the last 10% of the steps, None if not
-finite) and ``finite``. Accuracies are fractions in [0, 1].
+mode; None when ``train_eval`` is 0), ``train_loss`` (mean training loss over the last
+10% of the steps, None if not finite) and ``finite``. Accuracies are fractions in [0, 1].
 
 Selection (never on test): :func:`best_lr` is the rate with the highest seed-mean final
 validation accuracy (ties: the smaller rate). :func:`trains`: a run trains when its loss
@@ -227,12 +227,14 @@ def train_mlp_grid(grid: MLPGrid, split: Split,
     val = _stack_accuracy(stack, split.val_x, split.val_y)
     test = _stack_accuracy(stack, split.test_x, split.test_y)
     n_train = min(grid.train_eval, len(split.train_y))
-    train_acc = _stack_accuracy(stack, split.train_x[:n_train], split.train_y[:n_train])
+    train_acc = (_stack_accuracy(stack, split.train_x[:n_train], split.train_y[:n_train])
+                 if n_train else torch.full((K,), math.nan))
     train_loss = (loss_sum / (steps - window)).tolist()
     assert val_80 is not None
     return [{"lr": grid.lrs[k], "seed": grid.seeds[k], "scale": grid.scales[k],
              "val": float(val[k]), "val_at_80": float(val_80[k]), "test": float(test[k]),
-             "train_acc": float(train_acc[k]), "train_loss": _finite_or_none(train_loss[k]),
+             "train_acc": _finite_or_none(float(train_acc[k])),
+             "train_loss": _finite_or_none(train_loss[k]),
              "finite": math.isfinite(train_loss[k])} for k in range(K)]
 
 
@@ -338,7 +340,8 @@ def train_convnet(run: ConvRun, split: Split) -> dict[str, Any]:
     return {"lr": run.lr, "seed": run.seed, "scale": run.init_scale, "val": val,
             "val_at_80": val if val_80 is None else val_80,
             "test": _accuracy(model, split.test_x, split.test_y),
-            "train_acc": _accuracy(model, split.train_x[:n_train], split.train_y[:n_train]),
+            "train_acc": (_accuracy(model, split.train_x[:n_train], split.train_y[:n_train])
+                          if n_train else None),
             "train_loss": mean_loss if finite else None, "finite": finite}
 
 
