@@ -1,18 +1,31 @@
 """``batchnorm reproduce inception``: plan the runs, train them (in parallel processes if
-asked), then write the report from every result in the run folder."""
+asked), then write the report from every result in the run folder.
+
+Multi-process training of each run (:mod:`.parallel`): ``--nproc N`` spawns N ranks on
+this machine (file rendezvous in a temporary folder) after this process has claimed
+the run folder and written the config, and writes the report when they are done. Under
+``torchrun`` (RANK/WORLD_SIZE set) every process runs this command: rank 0 claims the
+folder, writes and reports as a single process would, then tells the others which runs
+to train (or that it failed, so that they stop instead of waiting).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import shutil
+import sys
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing
 
+from batchnorm.experiments.inception import parallel
 from batchnorm.experiments.inception.config import (
     PRESETS,
     InceptionExperimentConfig,
@@ -25,6 +38,7 @@ from batchnorm.experiments.inception.report import headline, write_outputs
 from batchnorm.experiments.inception.train import RunSpec, run_fingerprint, train_run
 from batchnorm.experiments.runner import (
     ConfigError,
+    ExperimentError,
     RunOptions,
     Session,
     add_flags,
@@ -32,6 +46,7 @@ from batchnorm.experiments.runner import (
     flags_of,
     from_args,
     print_summary,
+    resolve_device,
     run_experiment,
     save_tensors,
     write_json,
@@ -86,7 +101,47 @@ def plan(config: InceptionExperimentConfig, overrides: RecipeOverrides,
 def run(args: argparse.Namespace) -> int:
     """Train the planned runs into ``--out`` and write the report; 0 on success, 2 for bad
     flags or a refused resume, 1 for no data."""
-    return run_experiment(PROG, args, lambda session: _run(args, session))
+    launch = parallel.from_environment()
+    if launch is None:
+        return run_experiment(PROG, args, lambda session: _run(args, session))
+    return _run_launched(args, launch)
+
+
+def _run_launched(args: argparse.Namespace, launch: parallel.Launch) -> int:
+    """One rank of a job started by torchrun (see the module docstring)."""
+    try:
+        options = from_args(RunOptions, args)
+        device = parallel.start(launch, resolve_device(options.device))
+    except ExperimentError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    try:
+        if launch.rank == 0:
+            told: list[bool] = []
+            code = run_experiment(PROG, args, lambda session: _run(
+                args, session, device=device, tell=lambda names: told.append(_tell(names))))
+            if not told:  # failed before training: release the other ranks
+                _tell(None)
+            return code
+        names = _tell(None, receive=True)
+        if names is None:
+            return 1  # rank 0 printed why
+        config, overrides, modes = _settings(args)
+        splits = _load(config, options)
+        for spec in [spec for spec in plan(config, overrides, modes) if spec.name in names]:
+            train_run(spec, splits, Path(options.out), device=device,
+                      channels_last=modes.channels_last, resume=options.resume,
+                      progress=False)
+        return 0
+    finally:
+        parallel.stop()
+
+
+def _tell(names: list[str] | None, receive: bool = False) -> list[str] | None:
+    """Rank 0 sends the names of the runs to train (None: stop); the others receive them."""
+    message = [None if receive else names]
+    dist.broadcast_object_list(message, src=0)
+    return message[0]
 
 
 def _load(config: InceptionExperimentConfig, options: RunOptions) -> Splits:
@@ -103,22 +158,73 @@ def _train_one(spec: RunSpec, config: InceptionExperimentConfig, options: RunOpt
                      progress=not options.no_progress, position=position)
 
 
-def _run(args: argparse.Namespace, session: Session) -> int:
+def _run_rank(rank: int, world_size: int, rendezvous: str, specs: list[RunSpec],
+              config: InceptionExperimentConfig, options: RunOptions, device: str,
+              channels_last: bool) -> None:
+    """Entry point of rank ``rank`` of ``--nproc`` (spawned)."""
+    torch.set_num_threads(options.threads)
+    launch = parallel.Launch(rank, world_size, rank, init_method=f"file://{rendezvous}")
+    dev = parallel.start(launch, torch.device(device))
+    try:
+        splits = _load(config, options)
+        for spec in specs:
+            train_run(spec, splits, Path(options.out), device=dev, channels_last=channels_last,
+                      resume=options.resume, progress=not options.no_progress and rank == 0)
+    finally:
+        parallel.stop()
+
+
+def _spawn(specs: list[RunSpec], config: InceptionExperimentConfig, options: RunOptions,
+           device: torch.device, modes: InceptionOptions) -> None:
+    with tempfile.TemporaryDirectory(prefix="batchnorm-rendezvous-") as folder:
+        torch.multiprocessing.start_processes(
+            _run_rank, args=(modes.nproc, str(Path(folder) / "init"), specs, config, options,
+                             str(device), modes.channels_last),
+            nprocs=modes.nproc, join=True, start_method="spawn")
+
+
+def _check_parallel(modes: InceptionOptions, specs: list[RunSpec], device: torch.device,
+                    launched: bool) -> None:
+    if modes.nproc > 1 and modes.jobs > 1 and not launched:
+        raise ConfigError(f"--nproc {modes.nproc} with --jobs {modes.jobs}: choose one")
+    ranks = parallel.world_size() if launched else modes.nproc
+    if ranks > 1 and device.type == "cuda" and not launched \
+            and ranks > torch.cuda.device_count():
+        raise ConfigError(f"--nproc {ranks}: only {torch.cuda.device_count()} CUDA devices")
+    for spec in specs:
+        if spec.recipe.batch_size < ranks:
+            raise ConfigError(f"--batch-size {spec.recipe.batch_size}: smaller than the "
+                              f"{ranks} processes sharing each batch (run {spec.name})")
+
+
+def _run(args: argparse.Namespace, session: Session, device: torch.device | None = None,
+         tell: Any = None) -> int:
+    """The whole invocation in one process, or as rank 0 of a torchrun job (``device`` its
+    device, ``tell`` what releases the other ranks)."""
     config, overrides, modes = _settings(args)
     options, out = session.options, Path(session.options.out)
+    device = device or session.device
     specs = plan(config, overrides, modes)
     splits = _load(config, options)
     for spec in specs:  # before anything is written
         if spec.recipe.batch_size > len(splits.train_x):
             raise ConfigError(f"--batch-size {spec.recipe.batch_size}: larger than the "
                               f"{len(splits.train_x)} training images of run {spec.name}")
+    _check_parallel(modes, specs, device, launched=tell is not None)
     document = _document(args, session, config, overrides, modes, specs, splits)
     config_path = out / _CONFIG_FILES[modes.mode]
     write_json(config_path, document)
     save_tensors(out / "results" / "labels.pt", {"val": splits.val_y, "test": splits.test_y})
     if modes.ablation:
         specs = _reuse_main_bn_x5(specs, out, splits)
-    if modes.jobs > 1:
+    if tell is not None:  # rank 0 of torchrun: the others train the same runs
+        tell([spec.name for spec in specs])
+        for spec in specs:
+            train_run(spec, splits, out, device=device, channels_last=modes.channels_last,
+                      resume=options.resume, progress=not options.no_progress)
+    elif modes.nproc > 1:
+        _spawn(specs, config, options, device, modes)
+    elif modes.jobs > 1:
         with ProcessPoolExecutor(modes.jobs, mp_context=get_context("spawn")) as pool:
             futures = [pool.submit(_train_one, spec, config, options, str(session.device),
                                    modes.channels_last, index % modes.jobs)
@@ -160,6 +266,8 @@ def _document(args: argparse.Namespace, session: Session, config: InceptionExper
                       "and the test set",
         "runs": {spec.name: {"seed": spec.seed, **spec.recipe.to_dict()} for spec in specs},
         "runtime": {**session.runtime(), "jobs": modes.jobs,
+                    "processes_per_run": parallel.world_size() if parallel.world_size() > 1
+                    else modes.nproc,
                     "channels_last": modes.channels_last},
         "flags": flags_of(args),
     }

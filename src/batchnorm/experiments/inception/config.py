@@ -138,6 +138,9 @@ class InceptionOptions(Settings):
                                                  parse=comma_separated(float),
                                                  metavar="LR,LR,...")
     jobs: int = setting(1, "runs trained in parallel processes", check=POSITIVE)
+    nproc: int = setting(1, "processes training each run together (DDP and SyncBatchNorm, "
+                         "gloo on CPU, NCCL on GPU; the global batch split across them; "
+                         "under torchrun its WORLD_SIZE instead)", check=POSITIVE)
     channels_last: bool = setting(True, "memory format (measured faster on CPU; see report)")
 
     @property

@@ -11,6 +11,13 @@ Random streams of a run with seed ``s``: the initial weights and dropout come fr
 torch's global generator seeded with ``s``; the batch order of epoch ``e`` and the
 distortions of step ``t`` from :func:`~batchnorm.experiments.runner.indexed_seed`
 ``(s, e)`` and ``(s, t)``.
+
+Several processes (:mod:`.parallel`: ``--nproc``, or ``torchrun``) train a run together
+when a process group of more than one rank is initialized: each rank takes its share of
+the same global batch (distorted as a whole, then split), BN layers are SyncBatchNorm and
+the gradients averaged, so the run matches one process up to floating point; dropout
+then draws from ``(s, t, rank)`` at every step (so a resumed run continues exactly).
+Rank 0 alone evaluates and writes checkpoints and results.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from batchnorm.experiments.inception import parallel
 from batchnorm.experiments.inception.config import Scale
 from batchnorm.experiments.inception.data import Splits, batch_order, distort
 from batchnorm.experiments.inception.recipe import DISTORTIONS, Recipe
@@ -32,6 +40,7 @@ from batchnorm.experiments.runner import (
     Progress,
     check_fingerprint,
     indexed_generator,
+    indexed_seed,
     load_checkpoint,
     resume_from,
     save_checkpoint,
@@ -165,7 +174,11 @@ def train_run(
     torch.manual_seed(spec.seed)
     recipe, scale = spec.recipe, spec.scale
     dev = torch.device(device)
-    model = build_model(recipe, scale).to(dev)
+    ranks, rank, main = parallel.world_size(), parallel.rank(), parallel.is_main()
+    model = build_model(recipe, scale)
+    if ranks > 1:
+        model = parallel.to_sync(model)
+    model = model.to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, recipe)
@@ -175,19 +188,25 @@ def train_run(
 
     state: dict[str, Any] = {"step": 0, "history": [], "diverged_at": None, "seconds": 0.0,
                              "loss_sum": 0.0, "loss_count": 0}
-    if resume_from(checkpoint_path, resume):
+    # Only rank 0 deletes a stale checkpoint; the others read what it reads.
+    if resume_from(checkpoint_path, resume) if main else resume and checkpoint_path.exists():
         checkpoint = load_checkpoint(checkpoint_path, fingerprint)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         torch.set_rng_state(checkpoint["rng"])
         state = checkpoint["state"]
+    trainer = model
+    if ranks > 1:
+        parallel.barrier()  # every rank has read the checkpoint before any rank moves on
+        trainer = parallel.wrap(model, dev)
+        part = parallel.shard(recipe.batch_size, rank, ranks)
 
     n_train = len(splits.train_x)
     batches_per_epoch = n_train // recipe.batch_size
     order_epoch, order = -1, torch.empty(0, dtype=torch.long)
     started = time.perf_counter() - state["seconds"]
     model.train()
-    with Progress(scale.steps, spec.name, enabled=progress, position=position) as bar:
+    with Progress(scale.steps, spec.name, enabled=progress and main, position=position) as bar:
         bar.start(state["step"])
         while state["step"] < scale.steps and state["diverged_at"] is None:
             step = state["step"]
@@ -199,26 +218,37 @@ def train_run(
             index = order[within]
             images = distort(splits.train_x[index].unsqueeze(1).float().div_(255), distortion,
                              indexed_generator(spec.seed, step))
-            x = images.sub_(splits.mean).div_(splits.std)
+            x, y = images.sub_(splits.mean).div_(splits.std), splits.train_y[index]
+            if ranks > 1:  # this rank's share of the global batch
+                x, y = x[part], y[part]
+                torch.manual_seed(indexed_seed(indexed_seed(spec.seed, step), rank))
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            x, y = x.to(dev), splits.train_y[index].to(dev)
+            x, y = x.to(dev), y.to(dev)
 
             lr = learning_rate(recipe, step, scale.steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = nn.functional.cross_entropy(model(x), y)
-            value = float(loss.detach())
+            if ranks > 1:  # averaged over ranks: the gradient of the global batch's mean loss
+                share = nn.functional.cross_entropy(trainer(x), y, reduction="sum")
+                share = share / recipe.batch_size
+                value = float(parallel.sum_over_ranks(share))
+                loss = share * ranks
+            else:
+                loss = nn.functional.cross_entropy(model(x), y)
+                value = float(loss.detach())
             state["step"] = step + 1
             if not math.isfinite(value):
                 state["diverged_at"] = step + 1  # stop here: the paper's "machine infinity"
             else:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if ranks > 1:
+                    parallel.average_gradients(trainer)
                 optimizer.step()
                 state["loss_sum"] += value
                 state["loss_count"] += 1
-            if state["step"] in eval_at or state["diverged_at"] is not None:
+            if main and (state["step"] in eval_at or state["diverged_at"] is not None):
                 accuracy = (float("nan") if state["diverged_at"] is not None else
                             _accuracy(predict(model, eval_images, splits, dev, channels_last),
                                       eval_labels))
@@ -233,6 +263,8 @@ def train_run(
                 bar.advance_to(state["step"], val=f"{accuracy:.4f}", loss=f"{mean_loss:.3f}")
             else:
                 bar.advance_to(state["step"])
+    if not main:  # rank 0 evaluates and writes the results
+        return {"name": spec.name, "rank": rank}
     return _finish(spec, fingerprint, model, state, splits, run_dir, dev, channels_last,
                    started)
 
