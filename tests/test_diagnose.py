@@ -190,6 +190,20 @@ def test_cli_bad_file(tmp_path, capsys):
     assert "not a model" in capsys.readouterr().err
 
 
+def test_cli_model_that_fails_on_the_images(tmp_path, capsys):
+    from batchnorm.data import DataError, load_dataset
+
+    try:
+        load_dataset("mnist", download=False, progress=False)
+    except DataError:
+        pytest.skip("MNIST is not available offline")
+    path = tmp_path / "wrong.pt"
+    torch.save(nn.Sequential(nn.Linear(10, 4), nn.BatchNorm1d(4)), path)  # wants 10 inputs
+    assert main(["diagnose", str(path), "--dataset", "mnist", "--batches", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "wrong.pt: RuntimeError" in err
+
+
 def test_cli_bad_dataset_name(tmp_path, capsys):
     path = tmp_path / "model.pt"
     torch.save(nn.Sequential(nn.Flatten(), nn.Linear(784, 4), nn.BatchNorm1d(4)), path)
