@@ -100,3 +100,22 @@ def test_quick_run_writes_json_and_markdown(tmp_path):
     assert any(name.startswith("figure1_mlp") for name in models)
     assert any(name.startswith("convnet") for name in models)
     assert md.read_text().startswith("# BN benchmark")
+
+
+def test_step_benchmark_pairs_same_weights_and_writes_a_table(tmp_path):
+    """--model mlp: three variants with the same weights, paired ratios, a Markdown table."""
+    parser = argparse.ArgumentParser()
+    benchmark.add_arguments(parser)
+    args = parser.parse_args(["--model", "mlp", "--quick", "--repeats", "4", "--no-reexec"])
+    variants = benchmark._step_variants("mlp")
+    models = [benchmark._mlp(norm) for norm in variants.values()]
+    keys = [list(m.state_dict()) for m in models]
+    assert keys[0] == keys[1] == keys[2]  # the weights load across variants
+    step = benchmark.bench_step(args)
+    assert [row["variant"] for row in step["rows"]] == list(variants)
+    assert step["rows"][0]["ratio_torch"] == 1.0
+    assert all(row["median_ms"] > 0 and row["samples"] == 4 for row in step["rows"])
+    meta = {"device": "cpu", "threads": 1, "torch": "x", "cpu": "y", "load_before": "0",
+            "load_after": "0", "date": "d"}  # fmt: skip
+    text = benchmark.step_markdown({"meta": meta, "step": step})
+    assert text.startswith("# Training step: mlp, eager") and "x torch" in text

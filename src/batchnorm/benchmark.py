@@ -22,6 +22,14 @@ gamma and beta (no gradient accumulation into ``.grad``).
 End to end: one SGD training step of the paper's Figure 1 MLP
 (784-100-100-100-10, BN before each sigmoid, batch 60) and of a small convnet,
 with torch's layers and with this project's.
+
+A user's step (``--model resnet|mlp [--compile]``): whole training steps
+(forward, backward, SGD step) of one model built three ways with the same
+weights, torch's BN + activation, ours + activation, our fused BN+activation,
+optionally each under ``torch.compile``. Each round times every variant once,
+in a fresh random order; the reported ratio is the median over rounds of the
+per-round ratio ours / torch (a load change within a round hits both), next to
+the medians of the times. ``--profile`` adds torch.profiler's top operators.
 """
 
 from __future__ import annotations
@@ -90,6 +98,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--no-reexec", action="store_true", help="do not re-execute with the allocator settings"
+    )
+    parser.add_argument(
+        "--model", choices=STEP_MODELS, default=None,
+        help="time whole training steps of this model (ours against torch's) instead",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compile", action="store_true", help="with --model: each variant under torch.compile"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="with --model: add torch.profiler's top operators"
     )
 
 
@@ -324,6 +342,180 @@ def _training_step(model, inputs, targets):
     return step
 
 
+STEP_MODELS = ("resnet", "mlp")
+
+
+def _resnet(norm: Callable[[int], Any]):
+    """A small ResNet-like convnet: a stem and 3 basic blocks, 7 BN layers, for 32x32.
+
+    ``norm(n)`` gives BN + ReLU (or the fused layer); the BN before a block's residual
+    add is the first module of ``norm(n, plain=True)``.
+    """
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, cout, 3, stride, 1, bias=False), *norm(cout),
+                nn.Conv2d(cout, cout, 3, 1, 1, bias=False), norm(cout, plain=True)[0],
+            )  # fmt: skip
+            self.skip = (
+                nn.Identity() if stride == 1 and cin == cout
+                else nn.Conv2d(cin, cout, 1, stride, bias=False)
+            )  # fmt: skip
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.skip(x))
+
+    import torch
+
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, 1, 1, bias=False), *norm(16),
+        Block(16, 16, 1), Block(16, 32, 2), Block(32, 64, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    )  # fmt: skip
+
+
+def _step_variants(model: str) -> dict[str, Callable[[int], Any]]:
+    """name -> norm factory (a list of modules: BN then its activation, or one fused layer)."""
+    from torch import nn
+
+    import batchnorm
+
+    if model == "mlp":
+        return {
+            "torch.nn.BatchNorm1d+Sigmoid": lambda n: [nn.BatchNorm1d(n), nn.Sigmoid()],
+            "batchnorm.BatchNorm1d+Sigmoid": lambda n: [batchnorm.BatchNorm1d(n), nn.Sigmoid()],
+            "batchnorm.BatchNormAct1d(sigmoid)":
+                lambda n: [batchnorm.BatchNormAct1d(n, activation="sigmoid"), nn.Identity()],
+        }  # fmt: skip
+    return {
+        "torch.nn.BatchNorm2d+ReLU": lambda n, plain=False: [nn.BatchNorm2d(n), nn.ReLU()],
+        "batchnorm.BatchNorm2d+ReLU":
+            lambda n, plain=False: [batchnorm.BatchNorm2d(n), nn.ReLU()],
+        "batchnorm.BatchNormAct2d(relu)": lambda n, plain=False: [
+            batchnorm.BatchNorm2d(n) if plain else batchnorm.BatchNormAct2d(n),
+            nn.Identity(),  # keeps the module indices, so the weights load across variants
+        ],
+    }  # fmt: skip
+
+
+def _step_inputs(model: str, device: str):
+    import torch
+
+    torch.manual_seed(0)
+    if model == "mlp":
+        x = (torch.rand(60, 784, device=device) > 0.5).float()  # binary, as in the paper
+        return x, torch.randint(0, 10, (60,), device=device)
+    return torch.randn(64, 3, 32, 32, device=device), torch.randint(0, 10, (64,), device=device)
+
+
+def _profile_step(step: Callable[[], Any], rounds: int = 20) -> list[dict[str, Any]]:
+    """torch.profiler's top operators (self CPU time) over ``rounds`` steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(rounds):
+            step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [
+        {"op": e.key, "calls_per_step": e.count / rounds,
+         "self_us_per_step": e.self_cpu_time_total / rounds}
+        for e in events[:12]
+    ]  # fmt: skip
+
+
+def bench_step(args) -> dict[str, Any]:
+    """Whole training steps of ``args.model``, ours against torch's (module docstring)."""
+    import torch
+
+    device = args.device
+    sync = _sync_for(device)
+    variants = _step_variants(args.model)
+    build = _mlp if args.model == "mlp" else _resnet
+    x, y = _step_inputs(args.model, device)
+    models: dict[str, Any] = {}
+    for name, norm in variants.items():
+        torch.manual_seed(0)
+        models[name] = build(norm).to(device)
+    reference = next(iter(models.values())).state_dict()
+    for model in models.values():  # the same weights (and statistics) in every variant
+        model.load_state_dict(reference)
+    steps = {}
+    for name, model in models.items():
+        runnable = torch.compile(model) if args.compile else model
+        steps[name] = _training_step(runnable, x, y)
+        steps[name].model = model  # type: ignore[attr-defined]
+    rounds = args.repeats or (5 if args.quick else 61)
+    warmup = 3 if args.quick else 10
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    sync()
+    base = next(iter(steps))
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    order = list(steps)
+    shuffle = random.Random(0).shuffle
+    for _ in range(rounds):
+        shuffle(order)
+        for name in order:
+            sync()
+            start = time.perf_counter()
+            steps[name]()
+            sync()
+            samples[name].append(time.perf_counter() - start)
+    rows = []
+    for name, seconds in samples.items():
+        ratios = [a / b for a, b in zip(seconds, samples[base], strict=True)]
+        q = statistics.quantiles(ratios, n=4) if len(ratios) >= 4 else [min(ratios), 0, max(ratios)]
+        row = {
+            "variant": name, **asdict(_summarize(seconds)),
+            "ratio_torch": statistics.median(ratios), "ratio_q1": q[0], "ratio_q3": q[2],
+        }  # fmt: skip
+        if args.profile:
+            row["profile"] = _profile_step(steps[name], rounds=5 if args.quick else 20)
+        rows.append(row)
+        print(
+            f"{args.model:>7} {'compiled' if args.compile else 'eager':>8} {name:>36} "
+            f"{row['median_ms']:8.3f} ms  x torch {row['ratio_torch']:5.3f} "
+            f"[{row['ratio_q1']:.3f}, {row['ratio_q3']:.3f}]",
+            flush=True,
+        )
+    return {"model": args.model, "compiled": args.compile, "rounds": rounds, "rows": rows}
+
+
+def step_markdown(result: dict[str, Any]) -> str:
+    """One step benchmark as a Markdown table (and its profiles, if any)."""
+    meta, step = result["meta"], result["step"]
+    mode = "torch.compile" if step["compiled"] else "eager"
+    lines = [
+        f"# Training step: {step['model']}, {mode}, {meta['device']}, {meta['threads']} threads",
+        "",
+        f"torch {meta['torch']}, {meta['cpu']}; load average before/after: "
+        f"{meta['load_before']} / {meta['load_after']}; {meta['date']}. {step['rounds']} rounds, "
+        "each variant once per round in a shuffled order; x torch = median over rounds of "
+        "the per-round ratio (IQR in brackets).",
+        "",
+        "| variant | median ms | IQR ms | x torch | ratio IQR |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for row in step["rows"]:
+        lines.append(
+            f"| {row['variant']} | {row['median_ms']:.3f} | {row['iqr_ms']:.3f} | "
+            f"{row['ratio_torch']:.3f} | [{row['ratio_q1']:.3f}, {row['ratio_q3']:.3f}] |"
+        )
+    for row in step["rows"]:
+        if row.get("profile"):
+            lines += ["", f"## Profile: {row['variant']} (self CPU time per step)", "",
+                      "| op | calls/step | self us/step |", "|---|---:|---:|"]  # fmt: skip
+            lines += [
+                f"| {p['op']} | {p['calls_per_step']:.1f} | {p['self_us_per_step']:.1f} |"
+                for p in row["profile"]
+            ]
+    return "\n".join(lines) + "\n"
+
+
 def bench_end_to_end(args) -> list[dict[str, Any]]:
     import torch
     from torch import nn
@@ -483,6 +675,11 @@ def run(args: argparse.Namespace) -> int:
         f"load {load_before}",
         flush=True,
     )
+    if args.model is not None:
+        step = bench_step(args)
+        result = {"meta": _meta(args, torch, load_before), "step": step}
+        _write(args, result, step_markdown)
+        return 0
     kernels = bench_kernels(args)
     end_to_end = [] if args.no_end_to_end else bench_end_to_end(args)
     from batchnorm.backends import _inductor
@@ -509,12 +706,30 @@ def run(args: argparse.Namespace) -> int:
         "kernels": kernels,
         "end_to_end": end_to_end,
     }
+    _write(args, result, markdown)
+    return 0
+
+
+def _meta(args, torch, load_before: str) -> dict[str, Any]:
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+        "cpu": _cpu_name(),
+        "threads": args.threads,
+        "allocator_env": {key: os.environ.get(key) for key in ALLOCATOR_ENV},
+        "load_before": load_before,
+        "load_after": _load(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def _write(args, result: dict[str, Any], to_markdown: Callable[[dict[str, Any]], str]) -> None:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {args.out}")
     if args.md is not None:
         args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text(markdown(result))
+        args.md.write_text(to_markdown(result))
         print(f"wrote {args.md}")
-    return 0
