@@ -60,7 +60,7 @@ def _cli_spec_and_splits():
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_and_resume_from_its_checkpoint(tmp_path, monkeypatch):
+def test_two_processes_match_one_and_resume_from_its_checkpoint(tmp_path, monkeypatch, capsys):
     assert main([*FLAGS, "--out", str(tmp_path / "one")]) == 0
     assert main([*FLAGS, "--out", str(tmp_path / "two"), "--nproc", "2"]) == 0
 
@@ -76,7 +76,11 @@ def test_two_processes_match_one_and_resume_from_its_checkpoint(tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         train_run(spec, splits, tmp_path / "resumed", progress=False)
     monkeypatch.setattr(train_module, "save_checkpoint", real_save)
-    assert main([*FLAGS, "--out", str(tmp_path / "resumed"), "--nproc", "2", "--resume"]) == 0
+    resumed = [*FLAGS, "--out", str(tmp_path / "resumed"), "--nproc", "2", "--resume"]
+    assert main([*resumed, "--dropout", "0.1"]) == 2  # refused before any rank starts
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "recipe.dropout" in error
+    assert main(resumed) == 0
 
     def result(name):
         return json.loads((tmp_path / name / "results" / "bn-x5.json").read_text())

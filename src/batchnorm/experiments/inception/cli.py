@@ -35,7 +35,12 @@ from batchnorm.experiments.inception.config import (
 from batchnorm.experiments.inception.data import Splits, load_splits
 from batchnorm.experiments.inception.recipe import ablation_recipes, variant_recipe
 from batchnorm.experiments.inception.report import headline, write_outputs
-from batchnorm.experiments.inception.train import RunSpec, run_fingerprint, train_run
+from batchnorm.experiments.inception.train import (
+    RunSpec,
+    check_resumable,
+    run_fingerprint,
+    train_run,
+)
 from batchnorm.experiments.runner import (
     ConfigError,
     ExperimentError,
@@ -211,6 +216,9 @@ def _run(args: argparse.Namespace, session: Session, device: torch.device | None
             raise ConfigError(f"--batch-size {spec.recipe.batch_size}: larger than the "
                               f"{len(splits.train_x)} training images of run {spec.name}")
     _check_parallel(modes, specs, device, launched=tell is not None)
+    if options.resume:  # refused before any file is written or any rank started
+        for spec in specs:
+            check_resumable(spec, splits, out)
     document = _document(args, session, config, overrides, modes, specs, splits)
     config_path = out / _CONFIG_FILES[modes.mode]
     write_json(config_path, document)

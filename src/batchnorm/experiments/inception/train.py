@@ -53,6 +53,7 @@ __all__ = [
     "RunSpec",
     "build_model",
     "build_optimizer",
+    "check_resumable",
     "evaluation_steps",
     "learning_rate",
     "predict",
@@ -79,6 +80,20 @@ def run_fingerprint(spec: RunSpec, splits: Splits) -> dict[str, Any]:
     return {"seed": spec.seed, "recipe": spec.recipe.to_dict(), "scale": spec.scale.to_dict(),
             "dataset": splits.name, "train_images": len(splits.train_x),
             "val_images": len(splits.val_x), "test_images": len(splits.test_x)}
+
+
+def check_resumable(spec: RunSpec, splits: Splits, run_dir: Path) -> None:
+    """Raise :class:`~batchnorm.experiments.runner.CheckpointMismatchError` now if
+    ``train_run(..., resume=True)`` would refuse ``spec``'s result or checkpoint (so that a
+    refused resume stops before any process is started or any file written)."""
+    fingerprint = run_fingerprint(spec, splits)
+    result_path = run_dir / "results" / f"{spec.name}.json"
+    checkpoint_path = run_dir / "checkpoints" / f"{spec.name}.pt"
+    if result_path.exists():
+        check_fingerprint(result_path, json.loads(result_path.read_text()).get("fingerprint"),
+                          fingerprint)
+    elif checkpoint_path.exists():
+        load_checkpoint(checkpoint_path, fingerprint)
 
 
 def build_model(recipe: Recipe, scale: Scale) -> SmallInception:
