@@ -37,10 +37,15 @@ def _calls() -> dict[str, int]:
     return counts
 
 
-def run_case(case: dict, rank: int) -> dict:
+def run_case(case: dict, rank: int) -> dict | None:
+    group = None
+    if case.get("group") is not None:  # every rank creates it, only members use it
+        group = dist.new_group(case["group"])
+        if rank not in case["group"]:
+            return None
     start = sum(case["sizes"][:rank])
     part = slice(start, start + case["sizes"][rank])
-    layer = SyncBatchNorm(case["channels"], momentum=case["momentum"],
+    layer = SyncBatchNorm(case["channels"], momentum=case["momentum"], process_group=group,
                           estimator=case["estimator"], dtype=case["dtype"])
     with torch.no_grad():
         layer.weight.copy_(case["weight"])

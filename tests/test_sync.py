@@ -147,7 +147,7 @@ def test_revert_needs_a_dimension_when_the_layer_cannot_tell():
 WORLD = 3
 
 
-def _case(shape_tail, sizes, estimator, momentum, dtype=torch.float64, steps=2):
+def _case(shape_tail, sizes, estimator, momentum, dtype=torch.float64, steps=2, group=None):
     channels = shape_tail[0]
     total = sum(sizes)
     generator = torch.Generator().manual_seed(len(shape_tail) * 100 + total)
@@ -157,6 +157,7 @@ def _case(shape_tail, sizes, estimator, momentum, dtype=torch.float64, steps=2):
 
     return {
         "channels": channels, "sizes": sizes, "estimator": estimator, "momentum": momentum,
+        "group": group,
         "dtype": dtype, "weight": draw(channels) + 1, "bias": draw(channels),
         "inputs": [(draw(total, *shape_tail) * 3 + 10).to(dtype) for _ in range(steps)],
         "loss_weights": [draw(total, *shape_tail).to(dtype) for _ in range(steps)],
@@ -168,6 +169,9 @@ CASES = {
     "empty-rank-2d-cumulative": _case((4,), [4, 0, 3], "cumulative", None),
     "one-sample-rank-3d-population": _case((2, 3), [1, 2, 4], "population", None),
     "float32-4d-ema": _case((3, 2, 2), [3, 3, 2], "ema", 0.3, dtype=torch.float32),
+    "bfloat16-4d-ema": _case((2, 3, 3), [2, 4, 3], "ema", 0.1, dtype=torch.bfloat16),
+    # process_group=: ranks 0 and 1 synchronize together, rank 2 stays out (holds nothing).
+    "subgroup-4d-ema": _case((3, 2, 3), [3, 2, 0], "ema", 0.1, group=[0, 1]),
 }
 
 
@@ -223,8 +227,9 @@ def distributed(tmp_path_factory):
 
 
 def _tolerance(case):
-    return {"rtol": 1e-10, "atol": 1e-11} if case["dtype"] == torch.float64 else \
-        {"rtol": 1e-5, "atol": 2e-5}
+    return {torch.float64: {"rtol": 1e-10, "atol": 1e-11},
+            torch.float32: {"rtol": 1e-5, "atol": 2e-5},
+            torch.bfloat16: {"rtol": 2e-2, "atol": 5e-2}}[case["dtype"]]
 
 
 @pytest.mark.slow
@@ -234,6 +239,9 @@ def test_ranks_together_equal_one_process_on_the_concatenated_batch(distributed,
     tolerance = _tolerance(case)
     reference_steps, reference_eval = _reference(case)
     bounds = torch.tensor([0, *case["sizes"]]).cumsum(0).tolist()
+    members = case["group"] if case["group"] is not None else range(WORLD)
+    assert all(distributed[rank][name] is None for rank in range(WORLD) if rank not in members)
+    distributed = [distributed[rank] for rank in members]
     for step, expected in enumerate(reference_steps):
         ranks = [result[name]["steps"][step] for result in distributed]
         for key in ("output", "grad_input"):

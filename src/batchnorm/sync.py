@@ -67,7 +67,18 @@ class _SyncNormalize(torch.autograd.Function):
                 group: dist.ProcessGroup | None, backend: str) -> Tensor:
         ctx.save_for_backward(input, weight, mean, var, count)
         ctx.eps, ctx.group = eps, group
-        return normalize(input, weight, bias, mean, var, False, eps, backend).output
+        if all(p is None or p.dtype == mean.dtype for p in (weight, bias)):
+            return normalize(input, weight, bias, mean, var, False, eps, backend).output
+        # Half-precision parameters: ATen wants them and the statistics in one dtype;
+        # keep the statistics in float32 and compute the transform here.
+        shape = [1, -1] + [1] * (input.dim() - 2)
+        scale = torch.rsqrt(var + eps)
+        if weight is not None:
+            scale = scale * weight.to(mean.dtype)
+        output = (input.to(mean.dtype) - mean.view(shape)) * scale.view(shape)
+        if bias is not None:
+            output = output + bias.to(mean.dtype).view(shape)
+        return output.to(input.dtype)
 
     @staticmethod
     @once_differentiable
