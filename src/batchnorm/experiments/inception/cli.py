@@ -131,6 +131,7 @@ def _run_launched(args: argparse.Namespace, launch: parallel.Launch) -> int:
         names = _tell(None, receive=True)
         if names is None:
             return 1  # rank 0 printed why
+        torch.set_num_threads(options.threads)
         config, overrides, modes = _settings(args)
         splits = _load(config, options)
         for spec in [spec for spec in plan(config, overrides, modes) if spec.name in names]:
