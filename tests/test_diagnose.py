@@ -239,3 +239,20 @@ def test_cli_on_mnist(tmp_path, capsys, one_thread):
     assert data["batches"] == 2 and "never trained" in " ".join(data["layers"][0]["findings"])
     assert main(["diagnose", str(path), "--dataset", "mnist", "--batches", "1"]) == 0
     assert "1 of 1 BN layers flagged" in capsys.readouterr().out
+
+
+def test_the_other_layer_kinds_of_the_package(one_thread):
+    """Frozen BN, Batch Renorm and Ghost BN (when present) get a row each, by their buffers."""
+    kinds = [getattr(batchnorm, name, None) for name in
+             ("FrozenBatchNorm2d", "BatchRenorm2d", "GhostBatchNorm2d")]
+    if None in kinds:
+        pytest.skip("the other BN variants are not in this checkout")
+    frozen, renorm, ghost = kinds
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), frozen(3), renorm(3), ghost(3, 4))
+    for _ in range(12):
+        model(torch.randn(8, 1, 6, 6))
+    result = diagnose(model, [torch.randn(8, 1, 6, 6) for _ in range(3)])
+    assert [d.kind for d in result] == ["FrozenBatchNorm2d", "BatchRenorm2d",
+                                        "GhostBatchNorm2d"]
+    assert result.layers[1].batches_tracked == 12 and result.layers[2].batches_tracked == 12
+    assert all(d.fresh_samples == 3 * 8 * 16 for d in result)
