@@ -65,16 +65,23 @@ def update_in_kernel(
         or running_mean.dtype != input.dtype
     ):
         return None
-    new_mean, new_var = running_mean.clone(), running_var.clone()  # autograd saves these
+    # One copy of both statistics (autograd saves the ones ATen updates, so not the
+    # buffers themselves): ATen updates its two rows, one reduction tests them all.
+    stacked = torch.stack((running_mean, running_var))
+    new_mean, new_var = stacked.unbind()
     output, _mean, _invstd = torch.native_batch_norm(
         input, weight, bias, new_mean, new_var, True, momentum, eps
     )
     with torch.no_grad():
-        finite = torch.isfinite(new_mean).all() & torch.isfinite(new_var).all()
-        running_mean.copy_(torch.where(finite, new_mean, running_mean))
-        running_var.copy_(torch.where(finite, new_var, running_var))
+        finite = torch.isfinite(stacked).all()
+        if torch.compiler.is_compiling():  # functional form for the tracer
+            running_mean.copy_(torch.where(finite, new_mean, running_mean))
+            running_var.copy_(torch.where(finite, new_var, running_var))
+        else:  # in place: two operations fewer per call, which is what small batches pay
+            torch.where(finite, new_mean, running_mean, out=running_mean)
+            torch.where(finite, new_var, running_var, out=running_var)
         if skipped is not None:
-            skipped.add_((~finite).to(skipped.dtype))
+            skipped.add_(finite.logical_not())
     return output
 
 
