@@ -278,7 +278,7 @@ def test_exported():
 def test_backward_after_the_block(one_thread):
     """Forwards inside, backward after exit: neither the restores nor the update on exit may
     bump the buffers' autograd version (torch's layer saves them for backward)."""
-    for norm in (nn.BatchNorm2d,):
+    for norm in (nn.BatchNorm2d, BatchNorm2d):
         model = nn.Sequential(nn.Conv2d(2, 3, 3), norm(3))
         with accumulate_statistics(model):
             loss = sum(model(x).square().sum() for x in _inputs(2))
