@@ -16,7 +16,10 @@ statistics (outputs and gradients are unchanged), but its running statistics
 are updated once, on exit, with the exact statistics of all the micro-batches
 together: the same ``running_mean``, ``running_var``, ``num_batches_tracked``
 (and, for the ``"population"`` estimator, its counters) as one forward of the
-concatenated batch.
+concatenated batch. Exactly so for a layer whose input does not depend on the batching
+(e.g. the first BN layer); a deeper layer receives inputs normalized per micro-batch by
+the layers before it, which differ from a concatenated forward's, and gets the statistics
+of ONE batch made of what it actually received.
 
 Per channel, each micro-batch contributes (n_b, mean_b, M2_b), M2 the sum of
 squared deviations from mean_b, computed in float64 from the layer's input. They
