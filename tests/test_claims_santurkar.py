@@ -135,8 +135,9 @@ def test_noisy_relu_draws_the_stated_distribution():
     noise.record = []
     noise(h)  # a fresh draw at the next call (step)
     assert not torch.equal(noise.record[0][0][0], mean[0])
-    noise.eval()
-    assert torch.equal(noise(h - 0.5), torch.relu(h - 0.5))  # no noise at evaluation
+    noise.eval()  # evaluation: the noise's mean, scale 1 + n/2 and shift 0
+    expected = torch.relu(h - 0.5) * torch.tensor([2.0, 1.0], dtype=torch.float64).view(2, 1, 1)
+    assert torch.equal(noise(h - 0.5), expected)
     with pytest.raises(ValueError, match="levels"):
         S.NoisyReLU(torch.tensor([-1.0]), torch.Generator())
 

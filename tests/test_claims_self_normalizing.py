@@ -113,5 +113,5 @@ def test_quick_preset_end_to_end(tmp_path):
         assert entry["verdict"] in ("supported", "not supported", "mixed")
         assert entry["seeds"] == 2
     report = (tmp_path / "report.md").read_text()
-    for name in ("selu/activations_depth8.png", "elu/loss_depth8.png"):
+    for name in ("selu/activations_depth6.png", "elu/loss_depth6.png"):
         assert (tmp_path / name).is_file() and name in report

@@ -69,6 +69,7 @@ __all__ = [
 ]
 
 VERSION = "santurkar-1"
+NOISY_VERSION = "santurkar-noisy-2"  # 2: evaluated with the noise's mean scale
 STREAMS = SeedStreams("init", "data", "noise")
 ICS_MARGIN = math.log(0.8)  # BN "reduces ICS" only if it cuts it by more than 20%
 ACCURACY_MARGIN = -0.01  # noisy BN "trains as well" within 1 percentage point of BN
@@ -106,9 +107,11 @@ PRESETS = {"quick": QUICK, "default": DEFAULT, "gpu": GPU}
 
 class NoisyReLU(nn.Module):
     """ReLU whose input first gets noise ``h * s + b`` per network k, step and unit:
-    s ~ U(1, 1 + n_k), b ~ U(-n_k, n_k) (``levels`` holds n_k; 0: no noise), only in training.
-    Input (K, N, C); the noise is (K, 1, C), shared by the batch. With ``record`` a list,
-    each call appends the per-unit batch mean and std of the noisy input, (K, C) each."""
+    s ~ U(1, 1 + n_k), b ~ U(-n_k, n_k) (``levels`` holds n_k; 0: no noise) in training.
+    Input (K, N, C); the noise is (K, 1, C), shared by the batch. In evaluation the noise
+    is replaced by its mean, ``h * (1 + n_k / 2)`` (as dropout is by its expectation: the
+    network is evaluated on the scale it was trained on). With ``record`` a list, each call
+    appends the per-unit batch mean and std of the noisy input, (K, C) each."""
 
     def __init__(self, levels: Tensor, generator: torch.Generator) -> None:
         super().__init__()
@@ -124,6 +127,8 @@ class NoisyReLU(nn.Module):
             u = torch.rand(2, K, 1, C, generator=self.generator, dtype=h.dtype)
             n = self.levels.to(h.dtype).view(K, 1, 1)
             h = h * (1 + n * u[0]) + n * (2 * u[1] - 1)
+        elif not self.training:
+            h = h * (1 + self.levels.to(h.dtype).view(-1, 1, 1) / 2)
         if self.record is not None:
             sd, mu = torch.std_mean(h.detach(), dim=1, correction=0)
             self.record.append((mu, sd))
@@ -346,7 +351,8 @@ def trainings(config: SanturkarConfig, context: ClaimContext,
     out = {}
     for arm in arms:
         levels = config.noise if arm == "noisy" else (0.0,)
-        key = {"version": VERSION, "arm": arm, "levels": list(levels), **config.to_dict()}
+        version = NOISY_VERSION if arm == "noisy" else VERSION
+        key = {"version": version, "arm": arm, "levels": list(levels), **config.to_dict()}
         key.pop("noise")
 
         def compute(arm: str = arm, levels: Sequence[float] = levels) -> dict[str, Any]:
@@ -533,7 +539,7 @@ def _run_noisy(config: SanturkarConfig, context: ClaimContext) -> ClaimResult:
         verdicts.append(verdict)
         last = acc
         series[f"noisy n={level:g}"] = nets
-        rows.append(f"| noisy BN n={level:g} | {lr:g} | "
+        rows.append(f"| noisy BN n={level:g} | {lr:g} | {_final_loss(nets)} | "
                     f"{_fmt(mean_interval([n['test'] or 0 for n in nets]), 100, 2)} | "
                     f"{_fmt(acc, 100, 2)} | {_fmt(shift, 1, 2)} | {verdict} |")
         details[str(level)] = {"lr": lr, "accuracy": acc.to_dict(), "log_shift": shift.to_dict()}
@@ -544,7 +550,10 @@ def _run_noisy(config: SanturkarConfig, context: ClaimContext) -> ClaimResult:
     finding = ("Noisy BN against BN (test accuracy, points): "
                + "; ".join(f"n={lv:g}: {details[str(lv)]['accuracy']['mean'] * 100:+.2f}"
                            for lv in config.noise)
-               + f" (no BN: {plain_gap.mean * 100:+.2f}); verdicts {verdicts}. ")
+               + f" (no BN: {plain_gap.mean * 100:+.2f}); verdicts {verdicts}; final "
+               f"training loss (with its noise) BN {_final_loss(bn)}, noisy "
+               + ", ".join(f"n={lv:g}: {_final_loss(select(runs['noisy'], lv)[1])}"
+                           for lv in config.noise) + ". ")
     finding += {"supported": "Noisy BN trains as well as BN despite a far larger shift of "
                              "its layers' input distributions, as Santurkar et al. report.",
                 "not supported": "Noisy BN trains worse than BN, against Santurkar et al.",
@@ -556,10 +565,18 @@ def _run_noisy(config: SanturkarConfig, context: ClaimContext) -> ClaimResult:
         f"input between consecutive steps, at {config.probes} points. BN: lr {lr_bn:g}, "
         f"test {_fmt(mean_interval(bn_acc), 100, 2)}%; no BN: lr {lr_plain:g}, "
         f"{_fmt(mean_interval([n['test'] or 0 for n in plain]), 100, 2)}%.", "",
-        "| arm | lr | test acc % [95%] | minus BN (points) | log(shift / BN's) | verdict |",
-        "|---|---|---|---|---|---|", *rows, "", f"![training loss]({plot})"])
+        "| arm | lr | final training loss | test acc % [95%] | minus BN (points) | "
+        "log(shift / BN's) | verdict |", "|---|---|---|---|---|---|---|",
+        f"| BN | {lr_bn:g} | {_final_loss(bn)} | {_fmt(mean_interval(bn_acc), 100, 2)} | | | |",
+        *rows, "", f"![training loss]({plot})"])
     return ClaimResult(verdict, f"test acc noisy BN (n={config.noise[-1]:g}) - BN",
                        last, finding, section, details, (plot,))
+
+
+def _final_loss(nets: Sequence[dict]) -> str:
+    """Seed-mean training loss of the last curve window (with the noise, for noisy BN)."""
+    last = [n["curve"][-1] for n in nets if n["curve"]]
+    return "diverged" if len(last) < len(nets) or None in last else f"{np.mean(last):.3f}"
 
 
 def _landscape_values(nets: Sequence[dict]) -> dict[str, list[float]]:

@@ -59,7 +59,7 @@ class ScaleConfig(Settings):
 
 
 PRESETS = {
-    "quick": ScaleConfig(train=10000, test=2000, steps=200, seeds=(0, 1), batches=1, records=10),
+    "quick": ScaleConfig(train=10000, test=2000, steps=150, seeds=(0, 1), batches=1, records=10),
     "default": ScaleConfig(),
     "gpu": ScaleConfig(width=512, depth=5, steps=20000, seeds=(0, 1, 2, 3, 4), batches=10),
 }

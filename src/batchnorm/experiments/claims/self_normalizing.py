@@ -165,21 +165,21 @@ class DeepStack(nn.Module):
 @dataclass(frozen=True)
 class SelfNormConfig(Settings):
     dataset: str = setting("fashion-mnist", "dataset", choices=("mnist", "fashion-mnist"))
-    train: int = setting(8000, "training rows")
+    train: int = setting(7200, "training rows")
     val: int = setting(2000, "validation rows")
     test: int = setting(5000, "test rows")
     width: int = setting(64, "hidden units")
     depths: tuple[int, ...] = setting((8, 32), "hidden layers (the rule reads the last)")
     batch: int = setting(32, "batch size")
-    steps: int = setting(500, "SGD steps")
-    lrs: tuple[float, ...] = setting((0.005, 0.025, 0.125), "learning-rate grid (per arm)")
+    steps: int = setting(450, "SGD steps")
+    lrs: tuple[float, ...] = setting((0.0025, 0.01, 0.04, 0.16), "learning-rate grid (per arm)")
     seeds: tuple[int, ...] = setting((0, 1, 2), "seeds")
     arms: tuple[str, ...] = setting(tuple(ARMS), "arms",
                                     check=lambda a: None if a in ARMS else f"not in {list(ARMS)}")
 
 
 PRESETS = {
-    "quick": SelfNormConfig(train=4000, val=2000, test=2000, width=32, depths=(8,), steps=150,
+    "quick": SelfNormConfig(train=3000, val=1000, test=1000, width=32, depths=(6,), steps=120,
                             lrs=(0.03, 0.3), seeds=(0, 1)),
     "default": SelfNormConfig(),
     "gpu": SelfNormConfig(train=50000, val=10000, width=128, depths=(8, 16, 32), batch=64,
