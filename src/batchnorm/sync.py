@@ -23,6 +23,9 @@ local BN and runs no collective, as torch's SyncBatchNorm falls back to
 ``F.batch_norm``. Unlike torch's, it runs on CPU tensors (gloo) as well as on
 CUDA (NCCL). No host synchronization beyond the collectives, except with
 ``estimator="population"``, whose pooling reads the global count on the host.
+So the global count is not checked: one value per channel in the whole group
+gives var 0 (output beta), and an all-empty group NaN statistics, which the
+running-statistics update skips (counted in ``skipped_updates``).
 
 torch's SyncBatchNorm accepts any (N, C, *) input, so nothing in the layer says
 whether it stands for BatchNorm1d, 2d or 3d: :func:`revert_sync_batchnorm` takes
@@ -161,7 +164,7 @@ class SyncBatchNorm(_BatchNorm, _TorchSyncInit):
         """(group, world size) to synchronize over; world size 1 means: do not."""
         if not (self.training and dist.is_available() and dist.is_initialized()):
             return None, 1
-        group = self.process_group or dist.group.WORLD
+        group = self.process_group if self.process_group is not None else dist.group.WORLD
         return group, dist.get_world_size(group)
 
     def forward(self, input: Tensor) -> Tensor:
@@ -178,7 +181,7 @@ class SyncBatchNorm(_BatchNorm, _TorchSyncInit):
         mean, var = moments.mean.to(dtype), moments.var.to(dtype)
         output = _SyncNormalize.apply(input, self.weight, self.bias, mean, var, moments.count,
                                       self.eps, group, self.backend)
-        if self.track_running_stats:
+        if self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             self._update_running_statistics(moments)
             if not self._has_statistics:
