@@ -16,10 +16,13 @@ Modes (all write into ``--out``, and the report shows whatever results exist):
 Threads: one intra-op thread per training process by default: on this 2-core machine,
 shared with other jobs, two threads ran a step 5-15x slower than one (oversubscription).
 
+``--nproc N`` (or ``torchrun``) trains each run with N processes sharing every global
+batch (SyncBatchNorm, averaged gradients; the same numbers up to floating point).
+
 Modules: :mod:`.recipe` (the paper's recipe and its variants), :mod:`.config` (settings,
 presets, modes), :mod:`.data` (splits, shuffling, distortions), :mod:`.train` (one run),
-:mod:`.report` (summary and report.md), :mod:`.plots` (figure2.png), :mod:`.cli` (flags,
-planning and entry point).
+:mod:`.parallel` (several processes per run), :mod:`.report` (summary and report.md),
+:mod:`.plots` (figure2.png), :mod:`.cli` (flags, planning and entry point).
 """
 
 from batchnorm.experiments.inception.analysis import (
