@@ -91,14 +91,14 @@ def test_mlp_grid_network_equals_standalone_sgd(one_thread):
     k = 5  # lr 0.05, scale 1, seed 1
     lr, scale, seed = grid.lrs[k], grid.scales[k], grid.seeds[k]
     mlp = MLP(sizes, batch_norm=True, init_std=grid.init_std * scale,
-              generator=T.SEEDS.generator(seed, "init")).double()
-    optimizer = torch.optim.SGD(mlp.parameters(), lr=lr)
+              generator=T.SEEDS.generator(seed, "init"), bn_layer=torch.nn.BatchNorm1d).double()
     x, y = split.train_x.double(), split.train_y
-    for batch in T.batch_indices(len(y), 20, 5, seed):
-        loss = torch.nn.functional.cross_entropy(mlp(x[batch]), y[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    for batch in T.batch_indices(len(y), 20, 5, seed):  # plain SGD (torch.optim's first
+        mlp.zero_grad()                                 # step imports dynamo: seconds)
+        torch.nn.functional.cross_entropy(mlp(x[batch]), y[batch]).backward()
+        with torch.no_grad():
+            for param in mlp.parameters():
+                param -= lr * param.grad
     mlp.eval()
     with torch.no_grad():
         val = (mlp(split.val_x.double()).argmax(1) == split.val_y).double().mean().item()

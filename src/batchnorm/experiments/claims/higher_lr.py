@@ -35,6 +35,7 @@ from batchnorm.experiments.claims.training import (
     MLPGrid,
     best_lr,
     convnet_runs,
+    late_change,
     max_trainable_lr,
     mlp_grid,
     per_seed,
@@ -279,11 +280,17 @@ def run(config: SweepConfig, context: ClaimContext) -> ClaimResult:
         if any(t == s["bn"]["top_of_grid"] for t in s["bn"]["max_trainable"]):
             censored.append(model)
         model_verdict, interval = per_model[model]
+        drift = {arm: late_change([r for r in results[model][arm]
+                                   if r["lr"] == s[arm]["best_lr"]]) for arm in ARMS}
         parts += [f"### {MODEL_NAMES[model]}", "",
                   f"log2 ratio of largest trainable rates (BN / no BN), per seed: "
                   f"{', '.join(f'{v:g}' for v in ratios[model])}; mean "
                   f"{interval.format(digits=2)}: **{model_verdict}**.", "",
-                  arm_table(s), "", sweep_table(results[model], s), "",
+                  arm_table(s), "",
+                  "Convergence check: at each arm's best rate, the validation accuracy changed "
+                  f"by {drift['base'].format(scale=100)} points (without BN) and "
+                  f"{drift['bn'].format(scale=100)} (with BN) over the last 20% of the steps.",
+                  "", sweep_table(results[model], s), "",
                   f"![{model} validation accuracy vs learning rate]({plot})", ""]
     words = []
     for model in MODELS:

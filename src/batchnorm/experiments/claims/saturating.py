@@ -20,6 +20,7 @@ from batchnorm.experiments.claims.training import (
     DataSpec,
     MLPGrid,
     best_lr,
+    late_change,
     mlp_grid,
     per_seed,
     percent,
@@ -104,6 +105,10 @@ def run(config: SaturatingConfig, context: ClaimContext) -> ClaimResult:
               "val. acc. at 80% of steps (%) |", "|---|---|---|---|---|"]
     lines += [f"| {ARM_NAMES[a]} | {best[a]:g} | {percent(tests[a])} | "
               f"{percent(val[a][best[a]])} | {percent(at_80[a])} |" for a in ARMS]
+    drift = {a: late_change([r for r in results[a] if r["lr"] == best[a]]) for a in ARMS}
+    lines += ["", "Convergence check: at each arm's best rate the validation accuracy changed by "
+              f"{drift['base'].format(scale=100)} points (without BN) and "
+              f"{drift['bn'].format(scale=100)} (with BN) over the last 20% of the steps."]
     finding = (f"{config.depth} hidden sigmoid layers: test accuracy {percent(tests['base'])}% "
                f"without BN (best rate {best['base']:g}) vs {percent(tests['bn'])}% with BN "
                f"(best rate {best['bn']:g}); paired difference {interval.format(scale=100)} "

@@ -57,6 +57,7 @@ __all__ = [
     "batch_indices",
     "best_lr",
     "convnet_runs",
+    "late_change",
     "lr_grid",
     "max_trainable_lr",
     "mlp_grid",
@@ -400,6 +401,12 @@ def max_trainable_lr(results: Iterable[Mapping[str, Any]], seed: int, **where: A
 
 
 # ----------------------------------------------------------------------------- reporting
+
+
+def late_change(results: Iterable[Mapping[str, Any]]) -> Interval:
+    """The convergence check: per run, final validation accuracy minus that at 80% of the
+    steps, over the runs (seeds) given."""
+    return mean_interval([r["val"] - r["val_at_80"] for r in results])
 
 
 def percent(values: Sequence[float]) -> str:
