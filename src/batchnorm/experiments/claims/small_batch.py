@@ -71,11 +71,11 @@ WARMUP_FRACTION, RAMP_FRACTION = 0.1, 0.3
 class SmallBatchConfig(Settings):
     """default (2 cores, --threads 1, <= 8 min): 1000 samples per run (batch 2: 500 steps,
     batch 128: 7), BN and Batch Renorm at 2/4/8/32, GroupNorm at 4, Ghost BN (ghost 32) and
-    BN at 128; 2 lr constants on seed 0, then 2 more seeds: 11 arms, 44 runs. Small, to fit
+    BN at 128; 2 lr constants on seed 0, then 3 more seeds: 11 arms, 55 runs. Small, to fit
     the lab's CPU budget (per-step overhead dominates at batch 2); the gpu preset is the
     real size."""
 
-    seeds: int = setting(3, "seeds per arm", check=POSITIVE)
+    seeds: int = setting(4, "seeds per arm", check=POSITIVE)
     samples: int = setting(1000, "training samples seen by every run", check=POSITIVE)
     batches: tuple[int, ...] = setting((2, 4, 8, 32), "per-step batches of BN and Batch Renorm",
                                        check=POSITIVE)
