@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +21,12 @@ from batchnorm.experiments.inception.config import PRESETS, InceptionExperimentC
 from batchnorm.experiments.runner import RunOptions, from_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def _bounded_collectives(monkeypatch):
+    """A rank stuck in a collective fails within 2 minutes (its children inherit this)."""
+    monkeypatch.setenv(parallel.TIMEOUT_VARIABLE, "120")
 
 FLAGS = ["reproduce", "inception", "--dataset", "synthetic", "--preset", "quick",
          "--variants", "bn-x5", "--seeds", "1", "--steps", "6", "--evaluations", "3",
@@ -59,9 +69,50 @@ def _cli_spec_and_splits():
     return spec, inception_cli._load(config, from_args(RunOptions, args))
 
 
+def _result(folder: Path) -> dict:
+    return json.loads((folder / "results" / "bn-x5.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The reference: the same run in one process."""
+    out = tmp_path_factory.mktemp("one") / "run"
+    assert main([*FLAGS, "--out", str(out)]) == 0
+    return _result(out)
+
+
+def _assert_same_run(other: dict, one: dict) -> None:
+    assert [h["step"] for h in other["history"]] == [2, 4, 6]
+    assert [h["train_loss"] for h in other["history"]] == pytest.approx(
+        [h["train_loss"] for h in one["history"]], rel=1e-4)
+    assert [h["val_accuracy"] for h in other["history"]] == pytest.approx(
+        [h["val_accuracy"] for h in one["history"]], abs=0.01)
+    assert other["final_val_accuracy"] == pytest.approx(one["final_val_accuracy"], abs=0.01)
+    assert other["fingerprint"] == one["fingerprint"]
+
+
+def _torchrun(*flags: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc-per-node", "2", "-m", "batchnorm", *FLAGS, *flags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
 @pytest.mark.slow
-def test_two_processes_match_one_and_resume_from_its_checkpoint(tmp_path, monkeypatch, capsys):
-    assert main([*FLAGS, "--out", str(tmp_path / "one")]) == 0
+def test_under_torchrun_rank_0_writes_the_same_run(tmp_path, one_process):
+    done = _torchrun("--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_run(_result(tmp_path / "run"), one_process)
+    assert (tmp_path / "run" / "report.md").stat().st_size > 0
+    # Rank 0 refuses the flags: the other rank is released instead of waiting.
+    refused = _torchrun("--out", str(tmp_path / "refused"), "--batch-size", "1")
+    assert refused.returncode != 0
+    assert "smaller than the 2 processes" in refused.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_and_resume_from_its_checkpoint(tmp_path, monkeypatch, capsys,
+                                                                 one_process):
     assert main([*FLAGS, "--out", str(tmp_path / "two"), "--nproc", "2"]) == 0
 
     # Interrupted after its first checkpoint (step 2) in one process, finished by two.
@@ -82,19 +133,8 @@ def test_two_processes_match_one_and_resume_from_its_checkpoint(tmp_path, monkey
     assert len(error.splitlines()) == 1 and "recipe.dropout" in error
     assert main(resumed) == 0
 
-    def result(name):
-        return json.loads((tmp_path / name / "results" / "bn-x5.json").read_text())
-
-    one = result("one")
     for name in ("two", "resumed"):
-        other = result(name)
-        assert [h["step"] for h in other["history"]] == [2, 4, 6]
-        assert [h["train_loss"] for h in other["history"]] == pytest.approx(
-            [h["train_loss"] for h in one["history"]], rel=1e-4)
-        assert [h["val_accuracy"] for h in other["history"]] == pytest.approx(
-            [h["val_accuracy"] for h in one["history"]], abs=0.01)
-        assert other["final_val_accuracy"] == pytest.approx(one["final_val_accuracy"], abs=0.01)
-        assert other["fingerprint"] == one["fingerprint"]
+        _assert_same_run(_result(tmp_path / name), one_process)
         for produced in ("report.md", "summary.json", "config.json", "results/bn-x5.pt"):
             assert (tmp_path / name / produced).stat().st_size > 0
     runtime = json.loads((tmp_path / "two" / "config.json").read_text())["runtime"]

@@ -34,8 +34,9 @@ from batchnorm.sync import SyncBatchNorm
 __all__ = ["Launch", "average_gradients", "barrier", "from_environment", "is_main", "rank",
            "shard", "start", "stop", "sum_over_ranks", "to_sync", "world_size", "wrap"]
 
-#: Generous: rank 0 evaluates and writes while the others wait in the next collective.
-TIMEOUT = datetime.timedelta(minutes=30)
+#: Seconds a collective may wait before it fails (``$BATCHNORM_DIST_TIMEOUT``, default
+#: 1800: rank 0 evaluates and writes while the others wait in the next collective).
+TIMEOUT_VARIABLE = "BATCHNORM_DIST_TIMEOUT"
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,9 @@ def start(launch: Launch, device: torch.device) -> torch.device:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                             init_method=launch.init_method, rank=launch.rank,
-                            world_size=launch.world_size, timeout=TIMEOUT)
+                            world_size=launch.world_size,
+                            timeout=datetime.timedelta(
+                                seconds=float(os.environ.get(TIMEOUT_VARIABLE, 1800))))
     return device
 
 
