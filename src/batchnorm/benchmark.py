@@ -449,6 +449,9 @@ def bench_step(args) -> dict[str, Any]:
         steps[name].model = model  # type: ignore[attr-defined]
     rounds = args.repeats or (5 if args.quick else 61)
     warmup = 3 if args.quick else 10
+    # A sample is `inner` consecutive steps: an MLP step (well under a millisecond idle)
+    # is shorter than the load changes a sample should average over.
+    inner = 1 if args.quick or args.model == "resnet" else 20
     for step in steps.values():
         for _ in range(warmup):
             step()
@@ -462,9 +465,10 @@ def bench_step(args) -> dict[str, Any]:
         for name in order:
             sync()
             start = time.perf_counter()
-            steps[name]()
+            for _ in range(inner):
+                steps[name]()
             sync()
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append((time.perf_counter() - start) / inner)
     rows = []
     for name, seconds in samples.items():
         ratios = [a / b for a, b in zip(seconds, samples[base], strict=True)]
@@ -482,7 +486,8 @@ def bench_step(args) -> dict[str, Any]:
             f"[{row['ratio_q1']:.3f}, {row['ratio_q3']:.3f}]",
             flush=True,
         )
-    return {"model": args.model, "compiled": args.compile, "rounds": rounds, "rows": rows}
+    return {"model": args.model, "compiled": args.compile, "rounds": rounds,
+            "steps_per_sample": inner, "rows": rows}  # fmt: skip
 
 
 def step_markdown(result: dict[str, Any]) -> str:
@@ -494,7 +499,8 @@ def step_markdown(result: dict[str, Any]) -> str:
         "",
         f"torch {meta['torch']}, {meta['cpu']}; load average before/after: "
         f"{meta['load_before']} / {meta['load_after']}; {meta['date']}. {step['rounds']} rounds, "
-        "each variant once per round in a shuffled order; x torch = median over rounds of "
+        f"each variant once per round ({step.get('steps_per_sample', 1)} consecutive steps) "
+        "in a shuffled order; x torch = median over rounds of "
         "the per-round ratio (IQR in brackets).",
         "",
         "| variant | median ms | IQR ms | x torch | ratio IQR |",

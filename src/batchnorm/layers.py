@@ -161,30 +161,33 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         on the device, and the Python flag ``_has_statistics`` is only written eagerly.
         """
         self._check_input_dim(input)
+        # Parameters and buffers are read once: each read is an nn.Module.__getattr__.
+        weight, bias = self.weight, self.bias
+        running_mean, running_var = self.running_mean, self.running_var
+        training = self.training
         # torch's rule: batch statistics in training, and in eval when there are no buffers.
-        use_batch_statistics = self.training or (
-            self.running_mean is None and self.running_var is None
-        )
-        validate_input(input, self.num_features, use_batch_statistics, self._describe())
+        use_batch_statistics = training or (running_mean is None and running_var is None)
+        name = self._describe()
+        validate_input(input, self.num_features, use_batch_statistics, name)
         check_vectors(
-            input, self._describe(), running_mean=self.running_mean,
-            running_var=self.running_var, weight=self.weight, bias=self.bias,
+            input, name, running_mean=running_mean, running_var=running_var, weight=weight,
+            bias=bias,
         )  # fmt: skip
         eager = not torch.compiler.is_compiling()
         if not use_batch_statistics and not self._has_statistics and eager:
             self._check_statistics_tracked()
-        tracking = (
-            self.training and self.track_running_stats and self.num_batches_tracked is not None
-        )
+        tracking = training and self.track_running_stats and running_mean is not None
         # Offered to an in-kernel update: the moving average only (the cumulative 1/t
         # is a device tensor, applied by the estimator).
         momentum = self.momentum if tracking and self.estimator == "ema" else None
+        if training and not tracking:
+            running_mean = running_var = None  # not tracked: never updated
         result = normalize(
             input,
-            self.weight,
-            self.bias,
-            self.running_mean if tracking or not self.training else None,
-            self.running_var if tracking or not self.training else None,
+            weight,
+            bias,
+            running_mean,
+            running_var,
             use_batch_statistics,
             self.eps,
             self.backend,
@@ -194,7 +197,8 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
             skipped_updates=self.skipped_updates,
         )
         if tracking:
-            self.num_batches_tracked.add_(1)
+            if self.num_batches_tracked is not None:
+                self.num_batches_tracked.add_(1)
             if input.numel() == 0:  # counted, as torch does; nothing to average in
                 self.skipped_updates.add_(1)
             elif not result.updated:

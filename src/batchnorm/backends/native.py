@@ -72,16 +72,18 @@ def update_in_kernel(
     output, _mean, _invstd = torch.native_batch_norm(
         input, weight, bias, new_mean, new_var, True, momentum, eps
     )
-    with torch.no_grad():
-        finite = torch.isfinite(stacked).all()
-        if torch.compiler.is_compiling():  # functional form for the tracer
-            running_mean.copy_(torch.where(finite, new_mean, running_mean))
-            running_var.copy_(torch.where(finite, new_var, running_var))
-        else:  # in place: two operations fewer per call, which is what small batches pay
-            torch.where(finite, new_mean, running_mean, out=running_mean)
-            torch.where(finite, new_var, running_var, out=running_var)
-        if skipped is not None:
-            skipped.add_(finite.logical_not())
+    # (No grad mode needed: none of these tensors requires grad.)
+    # x * 0 is 0 for finite x and NaN for inf/NaN; the sum of them is NaN iff any
+    # is: an exact test in three cheap kernels (isfinite().all() costs several more).
+    bad = (stacked * 0).sum().isnan()
+    if torch.compiler.is_compiling():  # functional form for the tracer
+        running_mean.copy_(torch.where(bad, running_mean, new_mean))
+        running_var.copy_(torch.where(bad, running_var, new_var))
+    else:  # in place: two operations fewer per call, which is what small batches pay
+        torch.where(bad, running_mean, new_mean, out=running_mean)
+        torch.where(bad, running_var, new_var, out=running_var)
+    if skipped is not None:
+        skipped.add_(bad)
     return output
 
 
