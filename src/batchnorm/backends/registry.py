@@ -32,7 +32,9 @@ __all__ = ["AUTO", "Backend", "get", "names", "register"]
 AUTO = "auto"
 
 BackendForward = Callable[..., tuple[Tensor, Tensor | None, Tensor | None]]
-#: ``(input, weight, bias, running_mean, running_var, momentum, eps) -> output | None``
+#: ``(input, weight, bias, running_mean, running_var, momentum, eps, skipped) -> output | None``
+#: (``skipped``: a 0-dim long counter, or None, to add 1 to when a non-finite batch
+#: leaves the statistics unchanged; no host synchronization).
 InKernelUpdate = Callable[..., Tensor | None]
 
 
@@ -54,8 +56,9 @@ class Backend:
         is_available: can it run on this input here (device, dtype, compiler)?
         fuses_activation: ``forward`` applies ``act(y + residual)`` in its own kernel.
         update_in_kernel: optional training forward that also updates the running
-            statistics in its kernel with ``momentum``; returns None when it cannot
-            prove that safe for this input (the caller then takes the general path).
+            statistics in its kernel with ``momentum``, keeping them unchanged (and counting
+            in ``skipped``) for a non-finite batch; returns None when it cannot do that
+            for this input (the caller then takes the general path).
         failures: how many kernel builds failed in this process (``auto`` avoids a
             backend that has failed).
         description: one line for ``batchnorm bench`` and error messages.
