@@ -304,11 +304,23 @@ def run(config: SweepConfig, context: ClaimContext) -> ClaimResult:
     if censored:
         finding += (f" For {', '.join(censored)} BN still trained at the grid's top rate on "
                     "some seed, so its ratio there is a lower bound.")
-    if overall != "supported":
-        finding += (" Against the source for "
-                    + ", ".join(m for m in MODELS if per_model[m][0] != "supported")
-                    + ": BN's largest trainable rate is not clearly (>= 2x) above the "
-                    "baseline's there.")
+    for model in MODELS:
+        model_verdict, interval = per_model[model]
+        if model_verdict == "supported":
+            continue
+        values = ratios[model]
+        finding += (f" Against the source for the {model} ({model_verdict}): per-seed log2 "
+                    f"ratios {', '.join(f'{v:.2f}' for v in values)}")
+        if min(values) > 0:
+            finding += (f" (BN's largest trainable rate {2 ** min(values):.3g}x to "
+                        f"{2 ** max(values):.3g}x the baseline's on every seed)")
+        if model_verdict == "not supported":
+            finding += ("; the 95% interval lies below the margin of 0.5: BN did not train at "
+                        "clearly higher rates.")
+            continue
+        low = "none" if interval.low is None else f"{interval.low:.2f}"
+        finding += (f", but the 95% interval over {len(values)} seeds reaches down to {low}, "
+                    "not clearly above the margin of 0.5 (one doubling on the grid's scale).")
     section = "\n".join([
         f"Trains = finite loss and final validation accuracy >= 90% of the arm and seed's "
         f"best over the grid. Seeds: {config.seeds} per arm and rate. Headline: per seed, "
