@@ -174,3 +174,29 @@ def test_inductor_convnet_training_matches_eager():
     twin = copy.deepcopy(model)
     compiled = torch.compile(twin, fullgraph=True)
     _assert_same((model, model), (compiled, twin), _batches((5, 3, 6, 6), nonfinite=False))
+
+
+@pytest.mark.parametrize("estimator", list(ESTIMATORS))
+def test_eager_forward_never_reads_a_tensor_on_the_host(estimator, monkeypatch):
+    """No .item()/bool()/float()/int() of a tensor in an eager training or eval forward
+    (the non-finite batch included): each of them raises here."""
+    layers = [cls(3, **ESTIMATORS[estimator]) for cls, _ in LAYERS.values()]
+    shapes = [shape for _, shape in LAYERS.values()]
+    for layer, shape in zip(layers, shapes, strict=True):
+        layer(torch.randn(shape))  # statistics tracked: eval's one-time check is done
+        layer.eval()(torch.randn(shape))
+        layer.train()
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("host synchronization in a forward")
+
+    for method in ("item", "__bool__", "__float__", "__int__", "__index__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, method, refuse)
+    for layer, shape in zip(layers, shapes, strict=True):
+        bad = torch.randn(shape)
+        bad.view(-1)[0] = float("inf")
+        for x in (torch.randn(shape), bad):
+            layer.train()(x)
+            layer.eval()(x)
+    monkeypatch.undo()
+    assert all(int(layer.skipped_updates) == 1 for layer in layers)
