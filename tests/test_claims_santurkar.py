@@ -172,3 +172,65 @@ def test_quick_preset_end_to_end(tmp_path):
     report = (tmp_path / "report.md").read_text()
     for name in ("ics/ics.png", "noisy-bn/noisy_loss.png", "smoothness/beta.png"):
         assert (tmp_path / name).is_file() and name in report
+
+
+# --- finding texts agree with the intervals -------------------------------------------------
+
+
+def _interval(mean, low, high):
+    from batchnorm.experiments.runner.evidence import Interval
+
+    return Interval(mean, low, high, 3)
+
+
+def test_ics_finding_below_zero_within_the_margin_is_not_undecided():
+    # BN's ICS lower than the plain network's, but by less than 20%: the rule says supported
+    interval = _interval(-0.10, -0.15, -0.05)
+    assert S.decide(S.ICS_RULE, interval) == "supported"
+    text = S.ics_finding(interval)
+    assert "cannot tell" not in text
+    assert "lower" in text and "less than the 20% margin" in text and "supported" in text
+    assert "0.90x [0.86, 0.95]" in text
+
+
+def test_ics_finding_follows_where_the_interval_lies():
+    margin = math.log(0.8)
+    cases = {  # (low, high) -> (verdict, words the text must hold, words it must not)
+        (-0.263, -0.151): ("mixed", ("lower", "against"), ("cannot tell whether BN",)),
+        (-0.6, -0.3): ("not supported", ("more than the 20% margin", "against"),
+                       ("cannot tell",)),
+        (0.05, 0.3): ("supported", ("higher",), ("cannot tell", "lower")),
+        (-0.1, 0.1): ("supported", ("cannot tell it from", "at most 20% lower"), ("mixed",)),
+        (-0.4, 0.1): ("mixed", ("cannot tell whether BN reduces",), ("supported",)),
+    }
+    for (low, high), (verdict, present, absent) in cases.items():
+        interval = _interval((low + high) / 2, low, high)
+        assert S.decide(S.ICS_RULE, interval) == verdict
+        text = S.ics_finding(interval)
+        assert text.endswith(f"{verdict}.") or f"says {verdict}" in text, text
+        for word in present:
+            assert word in text, (low, high, text)
+        for word in absent:
+            assert word not in text, (low, high, text)
+    assert "no interval" in S.ics_finding(_interval(-0.1, None, None))
+    assert margin < -0.2
+
+
+def test_noisy_and_smoothness_texts_follow_the_intervals():
+    within = S.noisy_level_text(0.5, _interval(-0.0002, -0.0058, 0.0054),
+                                _interval(5.19, 5.11, 5.27))
+    assert "(within 1 point of BN)" in within and "(more than 2x BN's)" in within
+    undecided = S.noisy_level_text(1.0, _interval(-0.0061, -0.0197, 0.0076),
+                                   _interval(0.5, 0.1, 0.9))
+    assert "cannot tell whether within 1 point" in undecided
+    assert "not clearly more than 2x" in undecided
+    behind = S.noisy_level_text(2.0, _interval(-0.0182, -0.0213, -0.0150),
+                                _interval(6.5, 6.4, 6.7))
+    assert "(more than 1 point behind BN)" in behind
+    names = {"loss_range": "loss range", "grad_change": "grad change", "beta": "beta"}
+    text = S.smoothness_text({"loss_range": _interval(-4.26, -6.54, -1.98),
+                              "grad_change": _interval(-2.32, -3.32, -1.31),
+                              "beta": _interval(-0.21, -0.52, 0.10)}, names)
+    smaller, rest = text.split("|")
+    assert "loss range" in smaller and "grad change" in smaller and "beta" not in smaller
+    assert "cannot tell: beta 0.81x [0.59, 1.11]" in rest

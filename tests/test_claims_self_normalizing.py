@@ -115,3 +115,71 @@ def test_quick_preset_end_to_end(tmp_path):
     report = (tmp_path / "report.md").read_text()
     for name in ("selu/activations_depth6.png", "elu/loss_depth6.png"):
         assert (tmp_path / name).is_file() and name in report
+
+
+def test_edge_rate_extends_one_grid_factor_past_a_winning_edge():
+    grid = (0.005, 0.02, 0.08, 0.32)
+    assert S.edge_rate(grid, 0.005) == pytest.approx(0.00125)
+    assert S.edge_rate(grid, 0.32) == pytest.approx(1.28)
+    assert S.edge_rate(grid, 0.02) is None and S.edge_rate(grid, 0.08) is None
+    assert S.edge_rate((0.003, 0.01, 0.03), 0.003) == pytest.approx(0.0009)  # uneven grid
+    assert S.edge_rate((0.1,), 0.1) is None
+
+
+class _Memo:
+    """A ClaimContext stand-in: memo computes every time, and records the keys."""
+
+    def __init__(self):
+        self.keys = []
+
+    def memo(self, key, compute):
+        self.keys.append(key)
+        return compute()
+
+
+def test_trainings_extend_an_arm_whose_edge_rate_wins(monkeypatch):
+    # validation accuracy rises with the rate for "relu" (its best is always the top edge),
+    # peaks inside the grid for the others
+    def fake_train(config, split, arm, depth, bar=None):
+        return [{"arm": arm, "depth": depth, "lr": lr, "seed": seed, "test": 0.5,
+                 "val": lr if arm == "relu" else -abs(math.log(lr / 0.02))}
+                for lr in config.lrs for seed in config.seeds]
+
+    monkeypatch.setattr(S, "train_arm", fake_train)
+    monkeypatch.setattr(S.DataSpec, "load", lambda self, context, flat: None)
+    context = _Memo()
+    context.bar = lambda total, desc: _NullBar()
+    config = S.SelfNormConfig(depths=(8,), arms=("relu", "selu"), seeds=(0, 1))
+    rows, extensions = S.trainings(config, context)
+    assert [(e["arm"], e["edge"], e["lr"]) for e in extensions] == [
+        ("relu", 0.32, 1.28), ("relu", 1.28, 5.12)]  # config.extend = 2 times, no more
+    assert sorted({r["lr"] for r in rows if r["arm"] == "relu"}) == [
+        0.005, 0.02, 0.08, 0.32, 1.28, 5.12]
+    assert sorted({r["lr"] for r in rows if r["arm"] == "selu"}) == [0.005, 0.02, 0.08, 0.32]
+    assert [k["lrs"] for k in context.keys] == [
+        [0.005, 0.02, 0.08, 0.32], [1.28], [5.12], [0.005, 0.02, 0.08, 0.32]]
+    assert all("extend" not in k for k in context.keys)  # the count does not retrain
+    no_extension = S.trainings(S.SelfNormConfig(depths=(8,), arms=("relu",), seeds=(0,),
+                                                extend=0), context)[1]
+    assert no_extension == []
+
+
+class _NullBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        return False
+
+    def start(self):
+        pass
+
+    def advance_to(self, step):
+        pass
+
+
+def test_late_change_is_reported_per_arm():
+    chosen = [{"val": 0.80, "val_at_80": 0.78}, {"val": 0.82, "val_at_80": 0.81},
+              {"val": None, "val_at_80": 0.5}]
+    interval = S._late(chosen)
+    assert interval.mean == pytest.approx((0.02 + 0.01 - 0.5) / 3)

@@ -60,6 +60,7 @@ __all__ = [
     "SMOOTHNESS",
     "NoisyReLU",
     "SanturkarConfig",
+    "ics_finding",
     "ics_verdict",
     "landscape",
     "layer_ics",
@@ -456,6 +457,89 @@ def smoothness_verdict(bn: dict[str, Sequence[float]], plain: dict[str, Sequence
     return combine(verdicts), intervals
 
 
+# --- finding texts (pure functions of the intervals) ---------------------------------------
+
+
+def side(interval: Interval, at: float) -> str:
+    """Where ``interval`` lies relative to ``at``: "above" (low > at), "below" (high < at),
+    "straddles" (contains it), or "unknown" (no interval or not finite)."""
+    low, high = interval.low, interval.high
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return "unknown"
+    return "above" if low > at else "below" if high < at else "straddles"
+
+
+def ratio_text(interval: Interval) -> str:
+    """A log-ratio interval as a ratio: ``"0.81x [0.77, 0.86]"``."""
+    if not math.isfinite(interval.mean):
+        return "not finite"
+    text = f"{math.exp(interval.mean):.2f}x"
+    if interval.low is None or interval.high is None:
+        return f"{text} (n={interval.n}, no interval)"
+    return f"{text} [{math.exp(interval.low):.2f}, {math.exp(interval.high):.2f}]"
+
+
+def ics_finding(interval: Interval, margin: float = ICS_MARGIN) -> str:
+    """What the interval of log(ICS BN / ICS no BN) says, from where it lies relative to 0
+    (no change) and to ``margin`` (the rule's log(0.8)); it agrees with :func:`ics_verdict`."""
+    zero, edge = side(interval, 0.0), side(interval, margin)
+    ratio, cut = ratio_text(interval), f"{1 - math.exp(margin):.0%}"
+    head = f"BN's relative ICS is {ratio} the plain network's"
+    if zero == "unknown":
+        return (f"{head}: no interval (a non-finite value or too few seeds), so the seeds "
+                "cannot tell whether BN reduces ICS; the rule says mixed.")
+    if zero == "above":
+        return (f"{head}: higher, as Santurkar et al. report (BN does not reduce ICS; "
+                "often it has more), so the rule says supported.")
+    if edge == "below":
+        return (f"{head}: lower by more than the {cut} margin fixed before the run, so BN "
+                "reduced ICS here, against Santurkar et al.; the rule says not supported.")
+    if zero == "below" and edge == "above":
+        return (f"{head}: lower, against the letter of Santurkar et al.'s claim (no less "
+                f"ICS), but by less than the {cut} margin fixed before the run, so the rule "
+                "says supported.")
+    if edge == "above":  # straddles 0, above the margin
+        return (f"{head}: the seeds cannot tell it from the plain network's, and it is at "
+                f"most {cut} lower, so BN did not reduce ICS beyond the margin, as Santurkar "
+                "et al. report; the rule says supported.")
+    if zero == "below":  # below 0, straddles the margin
+        return (f"{head}: lower (the interval lies below 1), against Santurkar et al.'s "
+                f"claim; whether by more than the {cut} margin fixed before the run the "
+                f"seeds cannot tell (the interval contains {math.exp(margin):.2f}), so the "
+                "rule says mixed.")
+    return (f"{head}: the interval contains both 1 (no change) and {math.exp(margin):.2f} "
+            f"(the {cut} margin), so the seeds cannot tell whether BN reduces ICS; the rule "
+            "says mixed.")
+
+
+def noisy_level_text(level: float, accuracy: Interval, shift: Interval) -> str:
+    """One noise level's accuracy and shift, each said from its interval's position."""
+    acc = {"above": "within 1 point of BN", "below": "more than 1 point behind BN",
+           "straddles": "the seeds cannot tell whether within 1 point of BN",
+           "unknown": "no interval"}[side(accuracy, ACCURACY_MARGIN)]
+    moved = {"above": f"more than {SHIFT_RATIO:g}x BN's",
+             "below": f"less than {SHIFT_RATIO:g}x BN's",
+             "straddles": f"not clearly more than {SHIFT_RATIO:g}x BN's",
+             "unknown": "no interval"}[side(shift, math.log(SHIFT_RATIO))]
+    return (f"n={level:g}: {accuracy.format(100, 2)} points ({acc}), input shift "
+            f"{ratio_text(shift)} ({moved})")
+
+
+def smoothness_text(intervals: dict[str, Interval], names: dict[str, str]) -> str:
+    """Which measures BN made smaller, larger, or the seeds cannot tell (interval vs 0)."""
+    groups: dict[str, list[str]] = {}
+    for key in SMOOTH_KEYS:
+        groups.setdefault(side(intervals[key], 0.0), []).append(
+            f"{names[key]} {ratio_text(intervals[key])}")
+    parts = []
+    for where, say in (("below", "smaller with BN"), ("above", "larger with BN"),
+                       ("straddles", "the seeds cannot tell"),
+                       ("unknown", "not measurable (non-finite or no interval)")):
+        if where in groups:
+            parts.append(f"{say}: {'; '.join(groups[where])}")
+    return "BN / no BN: " + " | ".join(parts) + "."
+
+
 # --- the claims ---------------------------------------------------------------------------
 
 
@@ -499,15 +583,9 @@ def _run_ics(config: SanturkarConfig, context: ClaimContext) -> ClaimResult:
     plot = _curve_plot(context, "ics", {f"no BN (lr {lr_plain:g})": plain,
                                         f"BN (lr {lr_bn:g})": bn}, "ics",
                        "||G - G'|| / ||G|| (mean over layers 2..L)", log=True)
-    ratio = math.exp(interval.mean) if math.isfinite(interval.mean) else math.nan
-    finding = (f"At their tuned rates (no BN {lr_plain:g}, BN {lr_bn:g}) BN's relative ICS "
-               f"is {ratio:.2f} times the plain network's (log ratio "
-               f"{_fmt(interval)}); at the same rate {lr_plain:g}: log ratio "
-               f"{_fmt(same_interval)} ({same_verdict}). ")
-    finding += ("BN did not reduce ICS in this sense, as Santurkar et al. report."
-                if verdict == SUPPORTED else
-                "BN reduced ICS here, against Santurkar et al." if verdict == "not supported"
-                else "The seeds cannot tell whether BN reduces ICS.")
+    finding = (f"At their tuned rates (no BN {lr_plain:g}, BN {lr_bn:g}; log ratio "
+               f"{_fmt(interval)}): {ics_finding(interval)} At the same rate {lr_plain:g}: "
+               f"{ratio_text(same_interval)} ({same_verdict}).")
     rows = ["| arm | lr | rel. ICS mean [95%] | cos(G, G') [95%] | test acc [95%] |",
             "|---|---|---|---|---|"]
     for label, lr, nets, cos in (("no BN", lr_plain, plain, cos_plain), ("BN", lr_bn, bn, cos_bn)):
@@ -531,12 +609,14 @@ def _run_noisy(config: SanturkarConfig, context: ClaimContext) -> ClaimResult:
     bn_acc = [n["test"] or 0.0 for n in bn]
     bn_shift = [_mean(n["shift"]) for n in bn]
     verdicts, rows, details, series = [], [], {}, {"BN": bn, "no BN": plain}
+    texts = []
     last = None
     for level in config.noise:
         lr, nets = select(runs["noisy"], level)
         verdict, acc, shift = noisy_verdict([n["test"] or 0.0 for n in nets], bn_acc,
                                             [_mean(n["shift"]) for n in nets], bn_shift)
         verdicts.append(verdict)
+        texts.append(noisy_level_text(level, acc, shift))
         last = acc
         series[f"noisy n={level:g}"] = nets
         rows.append(f"| noisy BN n={level:g} | {lr:g} | {_final_loss(nets)} | "
@@ -547,18 +627,22 @@ def _run_noisy(config: SanturkarConfig, context: ClaimContext) -> ClaimResult:
     plain_gap = paired_interval([n["test"] or 0.0 for n in plain], bn_acc)
     plot = _curve_plot(context, "noisy_loss", series, "curve", "training loss",
                        every=max(config.steps // 20, 1), log=True)
-    finding = ("Noisy BN against BN (test accuracy, points): "
-               + "; ".join(f"n={lv:g}: {details[str(lv)]['accuracy']['mean'] * 100:+.2f}"
-                           for lv in config.noise)
-               + f" (no BN: {plain_gap.mean * 100:+.2f}); verdicts {verdicts}; final "
-               f"training loss (with its noise) BN {_final_loss(bn)}, noisy "
+    finding = ("Noisy BN minus BN, test accuracy: " + "; ".join(texts)
+               + f" (no BN: {plain_gap.format(100, 2)} points). Final training loss (with "
+               f"its noise) BN {_final_loss(bn)}, noisy "
                + ", ".join(f"n={lv:g}: {_final_loss(select(runs['noisy'], lv)[1])}"
                            for lv in config.noise) + ". ")
-    finding += {"supported": "Noisy BN trains as well as BN despite a far larger shift of "
-                             "its layers' input distributions, as Santurkar et al. report.",
-                "not supported": "Noisy BN trains worse than BN, against Santurkar et al.",
-                "mixed": "Not all noise levels train as well as BN (or the seeds cannot "
-                         "tell), so the claim holds only partly here."}[verdict]
+    by = {v: [f"{lv:g}" for lv, w in zip(config.noise, verdicts, strict=True) if w == v]
+          for v in ("supported", "not supported", "mixed")}
+    finding += {"supported": "At every level noisy BN trains within 1 point of BN despite a "
+                             "far larger shift of its layers' inputs, as Santurkar et al. "
+                             "report.",
+                "not supported": "At every level noisy BN falls more than 1 point behind BN, "
+                                 "against Santurkar et al.",
+                "mixed": "The levels do not agree, so the claim holds only partly here: "
+                         + "; ".join(f"{name} at n={', '.join(by[v])}" for v, name in (
+                             ("supported", "holds"), ("not supported", "fails"),
+                             ("mixed", "undecided")) if by[v]) + "."}[verdict]
     section = "\n".join([
         f"Same networks and data as `ics`; noise s ~ U(1, 1+n), b ~ U(-n, n) per step and "
         f"unit after BN. Shift: mean over units and layers of |d mu| + |d sd| of the ReLU "
@@ -598,14 +682,16 @@ def _run_smoothness(config: SanturkarConfig, context: ClaimContext) -> ClaimResu
                                              f"BN (lr {lr_plain:g})": same}, key, names[key],
                               log=True) for key in SMOOTH_KEYS)
     beta = intervals["beta"]
-    finding = (f"At the same rate {lr_plain:g} (no BN's tuned rate), log(BN / no BN): "
-               + ", ".join(f"{names[k]} {intervals[k].mean:+.2f}" for k in SMOOTH_KEYS)
-               + f" -> {verdict}; at each arm's tuned rate ({lr_bn:g} for BN): "
-               f"{tuned_verdict}. ")
+    smaller = [names[k] for k in SMOOTH_KEYS if side(intervals[k], 0.0) == "below"]
+    finding = (f"At the same rate {lr_plain:g} (no BN's tuned rate), "
+               f"{smoothness_text(intervals, names)} -> {verdict}; at each arm's tuned rate "
+               f"({lr_bn:g} for BN): {tuned_verdict}. ")
     finding += {"supported": "BN made all three smaller, as Santurkar et al. report.",
-                "not supported": "BN made none of them smaller, against Santurkar et al.",
-                "mixed": "The three measures disagree or the seeds cannot tell, so the "
-                         "smoothing claim holds only partly here."}[verdict]
+                "not supported": "BN made all three larger, against Santurkar et al.",
+                "mixed": (f"Only {', '.join(smaller)} came out clearly smaller with BN, so the "
+                          "smoothing claim holds only partly here." if smaller else
+                          "No measure is clearly smaller with BN, so the smoothing claim "
+                          "is not shown here.")}[verdict]
     section = "\n".join([
         f"Networks of `ics`; at {config.probes} points of training, steps of "
         f"{list(config.factors)} x lr along the gradient (same batch); per seed the mean "

@@ -21,7 +21,14 @@ selu(x) = lambda x (x > 0), lambda alpha (exp(x) - 1) (x <= 0), lambda =
 normal: N(0, 2 / fan_in); biases 0 (none in a Linear followed by BN). BN: this project's
 :func:`batchnorm.batch_norm`, per network and unit, running statistics for evaluation.
 
-Measured per network: test accuracy (final weights, eval mode), the variance of the
+Edge rates: when an arm's validation-best rate is the smallest or largest it has tried,
+the next rate one grid factor past that edge is trained too (same seeds and batches, its
+own cached stack), at most ``extend`` times per arm and depth; the extensions are listed
+in the section. The networks use ``F.selu`` (equal to :func:`selu` to rounding, one
+kernel instead of six).
+
+Measured per network: test accuracy (final weights, eval mode), validation accuracy at 80%
+of the steps and at the end (the convergence check), the variance of the
 per-step training loss over the last epoch, and per hidden layer the mean and variance of
 its output (mean over units of the per-unit mean / variance over 2000 validation images,
 eval mode).
@@ -29,6 +36,7 @@ eval mode).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Sequence
@@ -41,7 +49,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from batchnorm.experiments.claims.base import ClaimContext, ClaimResult, ClaimSpec
-from batchnorm.experiments.claims.training import SEEDS, DataSpec, batch_indices, best_lr
+from batchnorm.experiments.claims.training import (
+    SEEDS,
+    DataSpec,
+    batch_indices,
+    best_lr,
+    late_change,
+)
 from batchnorm.experiments.runner import Settings, setting
 from batchnorm.experiments.runner.evidence import (
     Interval,
@@ -55,9 +69,10 @@ from batchnorm.experiments.runner.plots import mean_band, save_plot
 from batchnorm.functional import batch_norm
 from batchnorm.models.stacked import gather_batches, stacked_cross_entropy
 
-__all__ = ["ARMS", "ELU", "SELU", "Arm", "DeepStack", "SelfNormConfig", "margin_verdict"]
+__all__ = ["ARMS", "ELU", "SELU", "Arm", "DeepStack", "SelfNormConfig", "edge_rate",
+           "margin_verdict"]
 
-VERSION = "self-normalizing-1"
+VERSION = "self-normalizing-2"  # 2: F.selu in the networks, val_at_80, edge extension
 SELU_LAMBDA = 1.0507009873554805
 SELU_ALPHA = 1.6732632423543772
 MARGIN = 0.01  # "within 1 percentage point of the best BN arm"
@@ -90,7 +105,7 @@ def selu(x: Tensor) -> Tensor:
     return SELU_LAMBDA * torch.where(x > 0, x, SELU_ALPHA * torch.expm1(x.clamp(max=0)))
 
 
-_ACTIVATIONS = {"selu": selu, "elu": F.elu, "relu": torch.relu}
+_ACTIVATIONS = {"selu": F.selu, "elu": F.elu, "relu": torch.relu}
 
 
 class DeepStack(nn.Module):
@@ -165,22 +180,25 @@ class DeepStack(nn.Module):
 @dataclass(frozen=True)
 class SelfNormConfig(Settings):
     dataset: str = setting("fashion-mnist", "dataset", choices=("mnist", "fashion-mnist"))
-    train: int = setting(7200, "training rows")
+    train: int = setting(10240, "training rows")
     val: int = setting(2000, "validation rows")
     test: int = setting(5000, "test rows")
     width: int = setting(64, "hidden units")
     depths: tuple[int, ...] = setting((8, 32), "hidden layers (the rule reads the last)")
-    batch: int = setting(32, "batch size")
-    steps: int = setting(450, "SGD steps")
-    lrs: tuple[float, ...] = setting((0.0025, 0.01, 0.04, 0.16), "learning-rate grid (per arm)")
+    batch: int = setting(64, "batch size")
+    steps: int = setting(640, "SGD steps")
+    lrs: tuple[float, ...] = setting((0.005, 0.02, 0.08, 0.32), "learning-rate grid (per arm)")
+    extend: int = setting(2, "times an arm's grid is extended past an edge rate that wins "
+                             "on validation (one grid factor each time)",
+                          check=lambda n: None if n >= 0 else "expected >= 0")
     seeds: tuple[int, ...] = setting((0, 1, 2), "seeds")
     arms: tuple[str, ...] = setting(tuple(ARMS), "arms",
                                     check=lambda a: None if a in ARMS else f"not in {list(ARMS)}")
 
 
 PRESETS = {
-    "quick": SelfNormConfig(train=3000, val=1000, test=1000, width=32, depths=(6,), steps=120,
-                            lrs=(0.03, 0.3), seeds=(0, 1)),
+    "quick": SelfNormConfig(train=3000, val=1000, test=1000, width=32, depths=(6,), batch=32,
+                            steps=120, lrs=(0.01, 0.1, 1.0), seeds=(0, 1), extend=1),
     "default": SelfNormConfig(),
     "gpu": SelfNormConfig(train=50000, val=10000, width=128, depths=(8, 16, 32), batch=64,
                           steps=8000, lrs=(0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
@@ -220,6 +238,7 @@ def train_arm(config: SelfNormConfig, split: Any, arm_name: str, depth: int,
     params = list(model.parameters())
     last, curve, every = [], [], max(config.steps // 25, 1)
     acc = torch.zeros(len(grid), dtype=torch.float64)
+    at_80, val_80 = max(1, round(0.8 * config.steps)), None
     for step in range(config.steps):
         index = streams[step].index_select(0, picks)
         losses = stacked_cross_entropy(model(gather_batches(split.train_x, index)),
@@ -238,6 +257,8 @@ def train_arm(config: SelfNormConfig, split: Any, arm_name: str, depth: int,
         if (step + 1) % every == 0:
             curve.append((acc / every).tolist())
             acc.zero_()
+        if step + 1 == at_80:
+            val_80 = _evaluate(model, split.val_x, split.val_y)
         if bar is not None:
             bar.advance_to(step + 1)
     val = _evaluate(model, split.val_x, split.val_y)
@@ -248,10 +269,11 @@ def train_arm(config: SelfNormConfig, split: Any, arm_name: str, depth: int,
         model(split.val_x[:STATS_ROWS], stats)
     model.train()
     variance = torch.stack(last).var(0, correction=0)
+    assert val_80 is not None
     rows = []
     for k, (lr, seed) in enumerate(grid):
         rows.append({"arm": arm_name, "depth": depth, "lr": lr, "seed": seed,
-                     "val": _num(val[k]), "test": _num(test[k]),
+                     "val": _num(val[k]), "val_at_80": _num(val_80[k]), "test": _num(test[k]),
                      "loss_var": _num(variance[k]), "curve": [_num(c[k]) for c in curve],
                      "act_mean": [_num(m[k]) for m, _ in stats],
                      "act_var": [_num(v[k]) for _, v in stats]})
@@ -263,25 +285,58 @@ def _num(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def trainings(config: SelfNormConfig, context: ClaimContext) -> list[dict[str, Any]]:
-    """Every (arm, depth) stack, each memoized on its own."""
+def edge_rate(tried: Sequence[float], best: float) -> float | None:
+    """The next rate past the edge of ``tried`` when ``best`` is its smallest or largest
+    rate (one grid factor further: the ratio of the two rates at that edge), else None."""
+    rates = sorted(set(tried))
+    if len(rates) < 2:
+        return None
+    if best == rates[0]:
+        return float(f"{rates[0] * rates[0] / rates[1]:.4g}")
+    if best == rates[-1]:
+        return float(f"{rates[-1] * rates[-1] / rates[-2]:.4g}")
+    return None
+
+
+def _stack_rows(config: SelfNormConfig, context: ClaimContext, data: DataSpec, arm: str,
+                depth: int) -> list[dict[str, Any]]:
+    """One (arm, depth) stack over ``config.lrs`` x seeds, memoized."""
+    key = {"version": VERSION, "arm": arm, "layout": vars(ARMS[arm]).copy(),
+           "depth": depth, "data": data.key(),
+           **{k: v for k, v in config.to_dict().items()
+              if k not in ("depths", "arms", "dataset", "train", "val", "test", "extend")}}
+
+    def compute() -> list[dict[str, Any]]:
+        split = data.load(context, flat=True)
+        with context.bar(config.steps, f"{arm} depth {depth} lr {list(config.lrs)}") as bar:
+            bar.start()
+            return train_arm(config, split, arm, depth, bar)
+
+    return context.memo(key, compute)
+
+
+def trainings(config: SelfNormConfig, context: ClaimContext
+              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every (arm, depth) stack, each memoized on its own; then, per arm and depth, while
+    its validation-best rate is an edge of the rates it has tried (at most
+    ``config.extend`` times), the next rate past that edge is trained (its own stack, same
+    seeds and batches). Returns the rows and the extensions made."""
     data = DataSpec(config.dataset, config.train, config.val, config.test)
     rows: list[dict[str, Any]] = []
+    extensions: list[dict[str, Any]] = []
     for depth in config.depths:
         for arm in config.arms:
-            key = {"version": VERSION, "arm": arm, "layout": vars(ARMS[arm]).copy(),
-                   "depth": depth, "data": data.key(),
-                   **{k: v for k, v in config.to_dict().items()
-                      if k not in ("depths", "arms", "dataset", "train", "val", "test")}}
-
-            def compute(arm: str = arm, depth: int = depth) -> list[dict[str, Any]]:
-                split = data.load(context, flat=True)
-                with context.bar(config.steps, f"{arm} depth {depth}") as bar:
-                    bar.start()
-                    return train_arm(config, split, arm, depth, bar)
-
-            rows += context.memo(key, compute)
-    return rows
+            mine = list(_stack_rows(config, context, data, arm, depth))
+            for _ in range(config.extend):
+                best = _val_row(mine, arm, depth)[0]
+                rate = edge_rate([r["lr"] for r in mine], best)
+                if rate is None:
+                    break
+                extensions.append({"arm": arm, "depth": depth, "edge": best, "lr": rate})
+                mine += _stack_rows(dataclasses.replace(config, lrs=(rate,)), context, data,
+                                    arm, depth)
+            rows += mine
+    return rows, extensions
 
 
 # --- selection and the rule ---------------------------------------------------------------
@@ -363,19 +418,34 @@ def _loss_plot(context: ClaimContext, rows: Sequence[dict], config: SelfNormConf
     return context.relative(path)
 
 
+def _edges(rows: Sequence[dict], arm: str, depth: int) -> tuple[float, float]:
+    tried = sorted({r["lr"] for r in rows if r["arm"] == arm and r["depth"] == depth})
+    return tried[0], tried[-1]
+
+
+def _late(chosen: Sequence[dict]) -> Interval:
+    """Convergence check of the chosen rate's networks: validation accuracy at the end
+    minus at 80% of the steps (a diverged network counts as 0)."""
+    return late_change([{"val": r["val"] or 0.0, "val_at_80": r.get("val_at_80") or 0.0}
+                        for r in chosen])
+
+
 def _table(rows: Sequence[dict], config: SelfNormConfig) -> list[str]:
-    lines = ["| depth | arm | lr | test acc % [95%] | loss variance, last epoch [95%] | "
-             "last-layer mean / variance |", "|---|---|---|---|---|---|"]
+    lines = ["| depth | arm | rates tried | lr | test acc % [95%] | val acc end - at 80% of "
+             "steps, points [95%] | loss variance, last epoch [95%] | "
+             "last-layer mean / variance |", "|---|---|---|---|---|---|---|---|"]
     for depth in config.depths:
         for arm in config.arms:
             lr, chosen = _val_row(rows, arm, depth)
+            tried = sorted({r["lr"] for r in rows if r["arm"] == arm and r["depth"] == depth})
             var = mean_interval([r["loss_var"] if r["loss_var"] is not None else math.inf
                                  for r in chosen]) if all(r["loss_var"] is not None
                                                           for r in chosen) else None
             mean = np.mean([r["act_mean"][-1] or 0 for r in chosen])
             variance = np.mean([r["act_var"][-1] or 0 for r in chosen])
-            lines.append(f"| {depth} | {arm} | {lr:g} | "
+            lines.append(f"| {depth} | {arm} | {', '.join(f'{t:g}' for t in tried)} | {lr:g} | "
                          f"{mean_interval(_accs(chosen)).format(100, 2)} | "
+                         f"{_late(chosen).format(100, 2)} | "
                          f"{'diverged' if var is None else var.format(1, 4)} | "
                          f"{mean:+.2f} / {variance:.2f} |")
     return lines
@@ -386,7 +456,7 @@ def _run(config: SelfNormConfig, context: ClaimContext, contender: Sequence[str]
     missing = [a for a in (*contender, *BN_ARMS) if a not in config.arms]
     if missing:
         raise ValueError(f"{context.claim_id}: the config lacks arms {missing}")
-    rows = trainings(config, context)
+    rows, extensions = trainings(config, context)
     deep = config.depths[-1]
     bn_arm = best_arm(rows, BN_ARMS, deep)
     arm = best_arm(rows, contender, deep)
@@ -409,28 +479,50 @@ def _run(config: SelfNormConfig, context: ClaimContext, contender: Sequence[str]
                  f"{gain.format(100, 2)} points at depth {deep}.")
     var_arm = np.mean([r["loss_var"] or math.inf for r in arm_rows])
     var_bn = np.mean([r["loss_var"] or math.inf for r in bn_rows])
-    finding = (f"At depth {deep}, {arm} (lr {lr:g}) minus the best BN arm {bn_arm} "
-               f"(lr {bn_lr:g}): {interval.format(100, 2)} points of test accuracy -> "
-               f"{verdict}. ")
+    acc_arm = mean_interval(_accs(arm_rows))
+    acc_bn = mean_interval(_accs(bn_rows))
+    late_arm, late_bn = _late(arm_rows), _late(bn_rows)
+    finding = (f"At depth {deep}, {arm} (lr {lr:g}) reached {acc_arm.format(100, 2)}% test "
+               f"accuracy, the best BN arm {bn_arm} (lr {bn_lr:g}) {acc_bn.format(100, 2)}%; "
+               f"difference {interval.format(100, 2)} points -> {verdict}. ")
     finding += {"supported": f"{who.upper()} without BN matched BN within 1 point, as the "
                              "source claims.",
                 "not supported": f"{who.upper()} without BN fell more than 1 point behind "
                                  "BN, against the source.",
-                "mixed": "The interval straddles the 1-point margin: the seeds cannot tell."
+                "mixed": "The interval straddles the -1-point margin: the seeds cannot tell "
+                         "whether it is within 1 point of BN."
                 }[verdict]
+    finding += (f" Validation accuracy over the last 20% of training changed by "
+                f"{late_arm.format(100, 2)} points ({arm}) and {late_bn.format(100, 2)} "
+                f"({bn_arm}).")
     finding += (f" Training-loss variance over the last epoch: {var_arm:.3g} ({arm}) vs "
                 f"{var_bn:.3g} ({bn_arm}).{extra}")
+    ext_text = ("; ".join(f"{e['arm']} depth {e['depth']}: {e['edge']:g} won, "
+                          f"tried {e['lr']:g}" for e in extensions) or "none was needed")
+    still = [f"{a} depth {d}" for d in config.depths for a in config.arms
+             if _val_row(rows, a, d)[0] in _edges(rows, a, d)]
+    if still:
+        ext_text += f"; still at an edge of the rates tried: {', '.join(still)}"
     section = "\n".join([
         f"{config.dataset} MLPs 784-{config.width}xdepth-10, depths {list(config.depths)}, "
         f"{config.steps} SGD steps of {config.batch} on {config.train} training rows "
-        f"(validation {config.val}), rates {list(config.lrs)} tuned per arm and depth on "
-        f"validation, {len(config.seeds)} seeds; test accuracy on {config.test} images.", "",
+        f"({config.steps * config.batch / config.train:.1f} epochs; validation "
+        f"{config.val}), rates {list(config.lrs)} tuned per arm and depth on validation; a "
+        f"rate at the edge of an arm's grid that wins on validation extends that arm's grid "
+        f"by one factor past it (at most {config.extend} times): {ext_text}. "
+        f"{len(config.seeds)} seeds; test accuracy on {config.test} images. Convergence "
+        f"check: validation accuracy at the end minus at 80% of the steps, per arm at its "
+        f"chosen rate (near 0: converged for this schedule; clearly positive: still "
+        f"learning).", "",
         "| depth | best non-BN arm | best BN arm | difference, points [95%] |",
         "|---|---|---|---|", *per_depth, "", *_table(rows, config), "",
         *[f"![{p}]({p})" for p in plots]])
     return ClaimResult(verdict, f"test acc {arm} - best BN arm ({bn_arm}), depth {deep}",
                        interval, finding, section,
-                       {"arm": arm, "bn_arm": bn_arm, "lr": lr, "bn_lr": bn_lr}, plots)
+                       {"arm": arm, "bn_arm": bn_arm, "lr": lr, "bn_lr": bn_lr,
+                        "extensions": extensions,
+                        "late_change": {arm: late_arm.to_dict(), bn_arm: late_bn.to_dict()}},
+                       plots)
 
 
 def _run_selu(config: SelfNormConfig, context: ClaimContext) -> ClaimResult:
@@ -443,8 +535,10 @@ def _run_elu(config: SelfNormConfig, context: ClaimContext) -> ClaimResult:
 
 _MEASURED = ("Fashion-MNIST MLPs at depths 8 and 32 (width 64 by default): SELU + LeCun "
              "(AlphaDropout 0 and 0.05), ELU, ELU+BN, ReLU + He, ReLU+BN before and after the "
-             "activation, each at its own validation-tuned rate; test accuracy, loss variance "
-             "over the last epoch, activation mean and variance by depth.")
+             "activation, each at its own validation-tuned rate (grid extended past a winning "
+             "edge rate); test accuracy, the change of validation accuracy over the last 20% "
+             "of training, loss variance over the last epoch, activation mean and variance by "
+             "depth.")
 
 SELU = ClaimSpec(
     id="selu", title="Self-normalizing networks need no BN",
