@@ -44,6 +44,7 @@ LAYERS: dict[str, int] = {
     "data": 2,
     "reference": 1,
     "graph": 1,
+    "passes": 1,
     "activations": 0,
     "files": 0,
 }

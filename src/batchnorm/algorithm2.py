@@ -55,6 +55,7 @@ from batchnorm.graph import (
     trace,
 )
 from batchnorm.layers import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from batchnorm.passes import statistics_pass
 from batchnorm.statistics import pool_population
 
 __all__ = ["NONLINEARITIES", "Report", "batchnormalize", "fold", "recompute_statistics"]
@@ -233,19 +234,6 @@ def batchnormalize(model: nn.Module, *, return_report: bool = False, **bn_kwargs
     return (result, report) if return_report else result
 
 
-def _first_tensor(batch: Any) -> Tensor:
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
-    if isinstance(batch, dict) and batch:
-        return next(iter(batch.values()))
-    raise TypeError(
-        f"recompute_statistics: a batch must be a Tensor or a (inputs, ...) tuple, "
-        f"got {type(batch).__name__}"
-    )
-
-
 @torch.no_grad()
 def recompute_statistics(
     model: nn.Module,
@@ -270,7 +258,6 @@ def recompute_statistics(
     ]
     if not layers:
         raise ValueError("recompute_statistics: the model has no BN layer that tracks statistics")
-    modes = {module: module.training for module in model.modules()}
     saved_counts = {layer: layer.num_batches_tracked.clone() for layer in layers}
     # All or nothing: the layers update their own buffers while the batches run, so
     # keep every buffer to put back if anything (a bad batch, Ctrl-C) stops us part-way.
@@ -278,8 +265,7 @@ def recompute_statistics(
                      for layer in layers}  # fmt: skip
     pooled: dict[nn.Module, list[Tensor]] = {}
 
-    def observe(layer: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-        x = inputs[0]
+    def observe(layer: nn.Module, x: Tensor) -> None:
         dims = [0, *range(2, x.dim())]
         count = x.numel() // x.shape[1]
         if count < 2:
@@ -306,17 +292,9 @@ def recompute_statistics(
         done_batches.add_(applied.long())
         done_samples.add_(applied.long() * count)
 
-    hooks = [layer.register_forward_pre_hook(observe) for layer in layers]
-    seen = 0
     try:
-        model.eval()
-        for layer in layers:
-            layer.train()
-        for batch in batches:
-            if num_batches is not None and seen >= num_batches:
-                break
-            model(_first_tensor(batch))
-            seen += 1
+        seen = statistics_pass(model, layers, batches, num_batches, observe,
+                               "recompute_statistics")
         if seen == 0:
             raise ValueError("recompute_statistics: no batches were given")
         for layer in layers:
@@ -334,11 +312,6 @@ def recompute_statistics(
                 if name in buffers:
                     buffer.copy_(buffers[name])
         raise
-    finally:
-        for hook in hooks:
-            hook.remove()
-        for module, training in modes.items():
-            module.train(training)
     for layer in layers:
         mean, var, done_batches, done_samples = pooled[layer]
         layer.running_mean.copy_(mean.to(layer.running_mean.dtype))

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from batchnorm.accumulate import Moments, moments
+from batchnorm.passes import statistics_pass
 
 __all__ = ["Diagnosis", "LayerDiagnosis", "Limits", "diagnose", "statistics_layers"]
 
@@ -146,52 +147,29 @@ def _count(module: nn.Module, name: str) -> int | None:
     return int(value) if isinstance(value, Tensor) and value.numel() == 1 else None
 
 
-def _first_tensor(batch: Any) -> Tensor:
-    if isinstance(batch, Tensor):
-        return batch
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
-        return batch[0]
-    raise TypeError(f"diagnose: a batch must be a Tensor or a tuple starting with one, "
-                    f"got {type(batch).__name__}")
-
-
 @torch.no_grad()
 def _fresh_moments(model: nn.Module, layers: list[nn.Module], batches: Iterable[Any],
                    num_batches: int | None) -> tuple[dict[nn.Module, Moments], int]:
     """Pooled moments of each layer's input over the batches; the model is left as found."""
-    modes = {module: module.training for module in model.modules()}
     saved = {module: ({name: buffer.clone() for name, buffer in
                        module.named_buffers(recurse=False)},
                       module.__dict__.get("_has_statistics"))
              for module in model.modules()}  # fmt: skip
     pooled: dict[nn.Module, Moments] = {}
 
-    def observe(layer: nn.Module, args: tuple) -> None:
-        seen = moments(args[0])
+    def observe(layer: nn.Module, x: Tensor) -> None:
+        seen = moments(x)
         pooled[layer] = seen if layer not in pooled else pooled[layer].merge(seen)
 
-    hooks = [layer.register_forward_pre_hook(observe) for layer in layers]
-    seen = 0
     try:
-        model.eval()
-        for layer in layers:
-            layer.train()
-        for batch in batches:
-            if num_batches is not None and seen >= num_batches:
-                break
-            model(_first_tensor(batch))
-            seen += 1
+        seen = statistics_pass(model, layers, batches, num_batches, observe, "diagnose")
     finally:
-        for hook in hooks:
-            hook.remove()
         for module, (buffers, flag) in saved.items():
             for name, buffer in module.named_buffers(recurse=False):
                 if name in buffers:
                     buffer.data.copy_(buffers[name])
             if flag is not None:
                 module.__dict__["_has_statistics"] = flag
-        for module, training in modes.items():
-            module.train(training)
     return pooled, seen
 
 
