@@ -20,10 +20,17 @@ from batchnorm.experiments.claims.small_batch import (
     Arm,
     SmallBatchConfig,
     SmallBatchRun,
+    _difference,
+    _grid,
+    _Stack,
+    _steps,
     arms,
+    sign,
     train_run,
+    train_stack,
     verdict,
 )
+from batchnorm.experiments.runner.evidence import Interval
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,8 +82,8 @@ def test_one_seed_is_mixed():
 
 def test_arms_of_the_default():
     names = [arm.name for arm in arms(CLAIM.presets["default"])]
-    assert names == ["bn@2", "bn@4", "bn@8", "bn@32", "renorm@2", "renorm@4", "renorm@8",
-                     "renorm@32", "gn@4", "bn@128", "ghost@128/32"]
+    assert names == ["bn@2", "bn@4", "bn@32", "renorm@2", "renorm@4", "renorm@32", "gn@4",
+                     "bn@128", "ghost@128/32"]
     assert Arm("ghost", 128, 32).label == "Ghost BN (batch 128, ghost 32)"
 
 
@@ -114,7 +121,7 @@ def _split(n: int = 64) -> Split:
 
 def test_train_run_reports_eval_accuracies():
     result = train_run(SmallBatchRun("renorm", 4, 0.05, 1, samples=200), _split())
-    assert set(result) == {"lr", "seed", "val", "test", "train_loss", "finite"}
+    assert set(result) == {"lr", "seed", "val", "val_at_80", "test", "train_loss", "finite"}
     assert result["finite"] and 0 <= result["val"] <= 1 and 0 <= result["test"] <= 1
     again = train_run(SmallBatchRun("renorm", 4, 0.05, 1, samples=200), _split())
     assert again == result  # deterministic from the seed
@@ -140,5 +147,71 @@ def test_quick_preset_end_to_end(tmp_path: Path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert [entry["id"] for entry in summary["claims"]] == ["small-batch"]
     cached = len(list((tmp_path / "cache").iterdir()))
-    assert cached == len(arms(CLAIM.presets["quick"])) * 2  # one lr constant, 2 seeds
+    assert cached == len(arms(CLAIM.presets["quick"]))  # one stack per arm (1 constant)
     assert isinstance(CLAIM.presets["quick"], SmallBatchConfig)
+
+
+def test_default_trains_the_large_batches():
+    """The default preset's evidence: enough samples that batch 32 takes a few hundred
+    steps, batch 128 a fixed minimum, and a grid of at least 3 constants."""
+    config = CLAIM.presets["default"]
+    assert config.samples >= 4000 and len(config.lr_constants) >= 3
+    assert _steps(config, 32) >= 100 and _steps(config, config.large_batch) >= config.min_steps
+    assert _steps(config, 2) == config.samples // 2
+    assert SmallBatchRun("bn", 128, 0.1, 0, samples=1280, min_steps=100).steps == 100
+
+
+def test_edge_extension_goes_one_grid_step_beyond_the_edge_once():
+    config = SmallBatchConfig(lr_constants=(0.025, 0.05, 0.1))
+    assert _grid(config, [0.025, 0.05, 0.1], 0.1) == pytest.approx(0.2)
+    assert _grid(config, [0.025, 0.05, 0.1], 0.025) == pytest.approx(0.0125)
+    assert _grid(config, [0.025, 0.05, 0.1], 0.05) is None
+    assert _grid(config, [0.025, 0.05, 0.1, 0.2], 0.2) is None  # extended already
+    assert _grid(SmallBatchConfig(lr_constants=(0.1,)), [0.1], 0.1) is None
+
+
+@pytest.mark.parametrize("kind", ["bn", "renorm", "gn", "ghost"])
+def test_a_stack_computes_what_its_models_compute_alone(kind):
+    runs = [SmallBatchRun(kind, 8, 0.05 * (i + 1), i % 2, samples=80, ghost=4, gn_groups=4)
+            for i in range(3)]  # fmt: skip
+    stack = _Stack(runs).train()
+    x = _split().train_x[:8]
+    together = stack(x.expand(-1, 3, -1, -1))
+    for i, run in enumerate(runs):
+        alone = run.build().train()(x)
+        assert torch.allclose(together[i], alone, atol=1e-5), (kind, i)
+
+
+def test_stacked_training_equals_separate_training():
+    """Equal up to float rounding (short runs: a long unstable one amplifies rounding)."""
+    split = _split()
+    runs = [SmallBatchRun("renorm", 4, lr, seed, samples=60) for lr, seed in
+            ((0.02, 0), (0.08, 0), (0.02, 1))]  # fmt: skip
+    together = train_stack(runs, split)
+    for run, result in zip(runs, together, strict=True):
+        alone = train_run(run, split)
+        assert result["val"] == pytest.approx(alone["val"], abs=1 / 32)
+        assert result["train_loss"] == pytest.approx(alone["train_loss"], rel=1e-3)
+        assert result["lr"] == run.lr and result["seed"] == run.seed
+
+
+def test_a_diverging_run_leaves_its_stack_mates_alone():
+    split = _split()
+    good = SmallBatchRun("gn", 4, 0.05, 0, samples=400)
+    results = train_stack([SmallBatchRun("gn", 4, 1e30, 0, samples=400), good], split)
+    assert not results[0]["finite"] and results[0]["train_loss"] is None
+    assert results[1]["finite"]
+    assert results[1]["train_loss"] == pytest.approx(train_run(good, split)["train_loss"],
+                                                     rel=1e-4)
+    with pytest.raises(ValueError, match="differ only"):
+        train_stack([good, SmallBatchRun("gn", 8, 0.05, 0, samples=400)], split)
+
+
+def test_the_finding_words_follow_the_intervals():
+    assert sign(Interval(0.02, 0.01, 0.03, 4)) == "above"
+    assert sign(Interval(-0.02, -0.03, -0.01, 4)) == "below"
+    assert sign(Interval(0.02, -0.01, 0.05, 4)) == "unclear"
+    assert sign(Interval(0.02, None, None, 1)) == "unclear"
+    assert "no clear difference" in _difference("x", Interval(0.02, -0.01, 0.05, 4), "B", "W")
+    assert _difference("x", Interval(0.02, 0.01, 0.03, 4), "B", "W").endswith("B.")
+    assert _difference("x", Interval(-0.02, -0.03, -0.01, 4), "B", "W").endswith("W.")
