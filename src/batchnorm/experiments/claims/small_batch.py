@@ -466,7 +466,7 @@ def _difference(name: str, interval: Interval, better: str, worse: str) -> str:
 
 def _finding(config: SmallBatchConfig, test: Mapping[Arm, list[float]], outcome: Verdict,
              interval: Interval, differences: Mapping[str, Interval],
-             late: Mapping[Arm, Interval]) -> str:
+             late: Mapping[Arm, Interval], edges: Sequence[str] = ()) -> str:
     """What came out, in words derived from the intervals, and where it disagrees with
     the anchor."""
     bn4, renorm4 = Arm("bn", ANCHOR_BATCH), Arm("renorm", ANCHOR_BATCH)
@@ -510,11 +510,18 @@ def _finding(config: SmallBatchConfig, test: Mapping[Arm, list[float]], outcome:
     worst = max(late, key=lambda arm: abs(late[arm].mean))
     moving = [arm.name for arm, value in late.items() if sign(value) != "unclear"
               and abs(value.mean) > 0.005]  # fmt: skip
-    text += (f" Convergence: validation accuracy changed by at most "
-             f"{100 * abs(late[worst].mean):.2f} points (mean over seeds, {worst.name}) from "
-             "80% of training to the end; ")
+    text += (" Convergence (validation accuracy at the end minus at 80% of training, mean "
+             f"over seeds): largest in size for {worst.name}, "
+             f"{late[worst].format(scale=100)} points; ")
     text += (f"still clearly moving (> 0.5 points): {', '.join(moving)}." if moving
              else "no arm is clearly still moving by more than half a point.")
+    if top != ANCHOR_BATCH and Arm("bn", top).name in moving:
+        text += (f" As BN at {top} is still improving at the end, the anchor comparison holds "
+                 "for this budget only; a longer run could change it.")
+    if edges:
+        text += (" The chosen lr constant is still at an edge of the constants tried (after "
+                 f"the one extension) for {', '.join(edges)}: their best rate may lie "
+                 "further out.")
     large_steps = _steps(config, config.large_batch)
     if large_steps * config.large_batch > config.samples:
         text += (f" Batch {config.large_batch} runs take {large_steps} steps "
@@ -571,7 +578,9 @@ def run(config: SmallBatchConfig, context: ClaimContext) -> ClaimResult:
               f"| **Batch Renorm at 4 - BN at 4 (the rule: > {100 * MARGIN:g})** | "
               f"{interval.format(scale=100)} |"]
     lines += [f"| {name} | {value.format(scale=100)} |" for name, value in context_rows.items()]
-    finding = _finding(config, test, outcome, interval, context_rows, late)
+    edges = [arm.name for arm in runs if len(tuning[arm]) > 1
+             and chosen[arm] in (tuning[arm][0]["c"], tuning[arm][-1]["c"])]  # fmt: skip
+    finding = _finding(config, test, outcome, interval, context_rows, late, edges)
     section = "\n".join([
         f"SmallConvNet (channels {tuple(config.channels)}, hidden {config.hidden}) on "
         f"Fashion-MNIST; every run sees {config.samples} training samples and takes at least "
