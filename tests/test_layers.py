@@ -325,3 +325,74 @@ def test_strict_loading_still_refuses_unknown_keys():
     with pytest.raises(RuntimeError, match="size mismatch"):
         layer.load_state_dict(BatchNorm1d(4).state_dict())
     assert layer.load_state_dict(state, strict=False).unexpected_keys == ["surprise"]
+
+
+# --- the small-batch fast path (layers._BatchNorm._train_small) ---------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("activation", ["identity", "sigmoid", "relu"])
+def test_small_batch_fast_path_matches_the_general_path(monkeypatch, dtype, activation):
+    """Same outputs, gradients, statistics and guard as the general path (forced by
+    making the fast path decline), and it is taken for an eager (60, 100) batch."""
+    from batchnorm.layers import _BatchNorm
+
+    def build():
+        torch.manual_seed(0)
+        if activation == "identity":
+            return BatchNorm1d(100, dtype=dtype)
+        return batchnorm.BatchNormAct1d(100, activation=activation, dtype=dtype)
+
+    fast, general = build(), build()
+    calls = []
+    train_small = _BatchNorm._train_small
+
+    def spy(self, input, act):
+        if self is general:
+            return None
+        out = train_small(self, input, act)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(_BatchNorm, "_train_small", spy)
+    torch.manual_seed(1)
+    batches = [torch.randn(60, 100, dtype=dtype) * 3 + 1 for _ in range(3)]
+    bad = batches[1].clone()
+    bad[7, 11] = float("inf")
+    nan = batches[0].clone()
+    nan[0, 0] = float("nan")
+    for x in [batches[0], bad, batches[1], nan, batches[2]]:
+        outs, grads = [], []
+        for layer in (fast, general):
+            xi = x.clone().requires_grad_(True)
+            y = layer(xi)
+            y.pow(2).sum().backward()
+            outs.append(y)
+            grads.append((xi.grad, layer.weight.grad, layer.bias.grad))
+        torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0, equal_nan=True)
+        for a, b in zip(grads[0], grads[1], strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    assert calls and all(calls)
+    for name in ("running_mean", "running_var", "num_batches_tracked", "skipped_updates"):
+        torch.testing.assert_close(getattr(fast, name), getattr(general, name), rtol=0, atol=0)
+    assert int(fast.skipped_updates) == 2 and int(fast.num_batches_tracked) == 5
+    assert torch.isfinite(fast.running_mean).all() and torch.isfinite(fast.running_var).all()
+
+
+def test_small_batch_fast_path_declines_what_it_does_not_cover():
+    """Bad input still gets the general path's precise errors; other estimators and
+    backends never take it."""
+    layer = BatchNorm1d(100)
+    assert layer._train_small(torch.randn(60, 100, dtype=torch.float16), "identity") is None
+    assert layer._train_small(torch.randn(1, 100), "identity") is None
+    assert layer._train_small(torch.randn(60, 99), "identity") is None
+    assert BatchNorm1d(100, momentum=None)._train_small(torch.randn(60, 100), "identity") is None
+    assert BatchNorm1d(100, backend="reference")._train_small(
+        torch.randn(60, 100), "identity") is None  # fmt: skip
+    with pytest.raises(ValueError, match="expected 100 channels"):
+        layer(torch.randn(60, 99))
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        layer(torch.randn(1, 100))
+    layer.eps = 0.0
+    with pytest.raises(ValueError, match="eps must be positive"):
+        layer(torch.randn(60, 100))

@@ -34,13 +34,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from batchnorm.activations import ACTIVATIONS, activate
 from batchnorm.backends import AUTO, names
+from batchnorm.backends.native import FUSED_UPDATE_MAX_NUMEL, update_small
 from batchnorm.functional import check_vectors, normalize, validate_input
 from batchnorm.statistics import ESTIMATORS, Estimator, update_running_statistics
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
 
 _POPULATION_BUFFERS = ("population_batches", "population_samples")
+#: The backends that take a small float32/float64 training batch to ATen's kernel with
+#: the in-kernel update (``auto`` below ``auto.MIN_NUMEL`` elements, so everywhere the
+#: fast path applies: it stops at ``FUSED_UPDATE_MAX_NUMEL``).
+_SMALL_BACKENDS = frozenset((AUTO, "native"))
+_SMALL_DTYPES = (torch.float32, torch.float64)
 
 
 _INTERNAL = (os.path.dirname(os.path.abspath(__file__)),
@@ -152,6 +159,66 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, input: Tensor) -> Tensor:
         return self._forward(input, "identity", None)
 
+    def _train_small(self, input: Tensor, activation: str) -> Tensor | None:
+        """The common training call, an eager small batch with the moving average, lean.
+
+        Small batches (an MLP's 60 x 100) are bound by per-call overhead, Python's
+        included: this does what :meth:`_forward` does for them (the same checks, ATen's
+        in-kernel update with the on-device guard, the same numbers) without its
+        general machinery. Returns None, having done nothing, for every other call,
+        and for any input or state a check would reject: the general path then
+        raises its precise error.
+        """
+        if (
+            self.estimator != "ema"
+            or self.backend not in _SMALL_BACKENDS
+            or not self.track_running_stats
+            or type(input) is not Tensor
+            or activation not in ACTIVATIONS
+        ):
+            return None
+        buffers = self._buffers  # not self.running_mean: each is an nn.Module.__getattr__
+        running_mean, running_var = buffers.get("running_mean"), buffers.get("running_var")
+        if running_mean is None or running_var is None:
+            return None
+        dtype, shape, numel = input.dtype, input.shape, input.numel()
+        channels = self.num_features
+        vector = (channels,)
+        if (
+            dtype not in _SMALL_DTYPES
+            or running_mean.dtype != dtype
+            or running_var.dtype != dtype
+            or len(shape) < 2
+            or shape[1] != channels
+            or numel <= channels  # empty, or one value per channel: the general path
+            or numel > FUSED_UPDATE_MAX_NUMEL
+            or running_mean.shape != vector
+            or running_var.shape != vector
+        ):
+            return None
+        parameters = self._parameters
+        weight, bias = parameters.get("weight"), parameters.get("bias")
+        if (weight is not None and weight.shape != vector) or (
+            bias is not None and bias.shape != vector
+        ):
+            return None
+        eps, momentum = self.eps, self.momentum
+        if momentum is None or not eps > 0 or torch.compiler.is_compiling():
+            return None
+        self._check_input_dim(input)
+        output = update_small(
+            input, weight, bias, running_mean, running_var, momentum, eps,
+            buffers["skipped_updates"],
+        )  # fmt: skip
+        if activation != "identity":  # native does not fuse it: applied after, as normalize does
+            output = activate(output, activation)
+        tracked = buffers.get("num_batches_tracked")
+        if tracked is not None:
+            tracked.add_(1)
+        if not self._has_statistics:  # nn.Module.__setattr__ is slow: once
+            self._has_statistics = True
+        return output
+
     def _forward(self, input: Tensor, activation: str, residual: Tensor | None) -> Tensor:
         """``act(BN(input) [+ residual])`` and, in training, the running-statistics update.
 
@@ -160,6 +227,10 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         No host synchronization: the non-finite guard and the cumulative ``1/t`` stay
         on the device, and the Python flag ``_has_statistics`` is only written eagerly.
         """
+        if residual is None and self.training:
+            output = self._train_small(input, activation)
+            if output is not None:
+                return output
         self._check_input_dim(input)
         # Parameters and buffers are read once: each read is an nn.Module.__getattr__.
         weight, bias = self.weight, self.bias

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from batchnorm.backends.registry import Backend, register
 
-__all__ = ["BACKEND", "FUSED_UPDATE_MAX_NUMEL", "update_in_kernel"]
+__all__ = ["BACKEND", "FUSED_UPDATE_MAX_NUMEL", "update_in_kernel", "update_small"]
 
 #: Inputs up to this many elements take the in-kernel update (per-operation overhead
 #: dominates there); larger ones take the general path of :mod:`batchnorm.statistics`.
@@ -65,23 +65,72 @@ def update_in_kernel(
         or running_mean.dtype != input.dtype
     ):
         return None
-    # One copy of both statistics (autograd saves the ones ATen updates, so not the
-    # buffers themselves): ATen updates its two rows, one reduction tests them all.
+    if not torch.compiler.is_compiling():
+        return update_small(input, weight, bias, running_mean, running_var, momentum, eps, skipped)
+    # The functional form for the tracer (the eager form below writes in place).
     stacked = torch.stack((running_mean, running_var))
     new_mean, new_var = stacked.unbind()
     output, _mean, _invstd = torch.native_batch_norm(
         input, weight, bias, new_mean, new_var, True, momentum, eps
     )
-    # (No grad mode needed: none of these tensors requires grad.)
-    # x * 0 is 0 for finite x and NaN for inf/NaN; the sum of them is NaN iff any
-    # is: an exact test in three cheap kernels (isfinite().all() costs several more).
     bad = (stacked * 0).sum().isnan()
-    if torch.compiler.is_compiling():  # functional form for the tracer
-        running_mean.copy_(torch.where(bad, running_mean, new_mean))
-        running_var.copy_(torch.where(bad, running_var, new_var))
-    else:  # in place: two operations fewer per call, which is what small batches pay
-        torch.where(bad, running_mean, new_mean, out=running_mean)
-        torch.where(bad, running_var, new_var, out=running_var)
+    running_mean.copy_(torch.where(bad, running_mean, new_mean))
+    running_var.copy_(torch.where(bad, running_var, new_var))
+    if skipped is not None:
+        skipped.add_(bad)
+    return output
+
+
+#: Zero vectors for the finiteness test, by (length, dtype, device): allocated once.
+_ZEROS: dict[tuple, Tensor] = {}
+
+
+def _zeros(n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    key = (n, dtype, device)
+    zeros = _ZEROS.get(key)
+    if zeros is None:
+        zeros = torch.zeros(n, dtype=dtype, device=device)
+        if type(zeros) is Tensor:  # never keep a tracer's fake or proxy tensor
+            if len(_ZEROS) >= 256:
+                _ZEROS.clear()
+            _ZEROS[key] = zeros
+    return zeros
+
+
+def update_small(
+    input: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    running_mean: Tensor,
+    running_var: Tensor,
+    momentum: float,
+    eps: float,
+    skipped: Tensor | None,
+) -> Tensor:
+    """:func:`update_in_kernel`'s eager form, its checks done by the caller (float32/float64
+    input of at most :data:`FUSED_UPDATE_MAX_NUMEL` elements, statistics of its dtype).
+
+    Seven small operations besides ATen's (cat, chunk, vdot, isnan, two where, add_;
+    the former form had eight, one of them a
+    multiplication by a Python scalar): at 60 x 100 each costs its dispatch, not its
+    data, so the form with the fewest and cheapest wins.
+    """
+    # One copy of both statistics (autograd saves the ones ATen updates, so not the
+    # buffers themselves): ATen updates its two rows, one reduction tests them all.
+    # (cat + chunk: the fewest calls; the flat copy is what the test below reads.)
+    flat = torch.cat((running_mean, running_var))
+    new_mean, new_var = flat.chunk(2)
+    output = torch.native_batch_norm(input, weight, bias, new_mean, new_var, True, momentum, eps)[
+        0
+    ]
+    # The finiteness test in one BLAS call: x . 0 sums x_i * 0, which is 0 for finite x_i
+    # and NaN for inf/NaN, so the dot product is NaN iff some statistic is not finite
+    # (exact: no finite value can overflow it). `(x * 0).sum()` is the same test in two
+    # kernels, the multiplication by a Python scalar the dearest of them.
+    bad = torch.vdot(flat, _zeros(flat.shape[0], flat.dtype, flat.device)).isnan()
+    # In place: two operations fewer per call than where() + copy_().
+    torch.where(bad, running_mean, new_mean, out=running_mean)
+    torch.where(bad, running_var, new_var, out=running_var)
     if skipped is not None:
         skipped.add_(bad)
     return output
