@@ -51,6 +51,7 @@ def test_layout_of_strided_inputs() -> None:
     assert auto.layout_of(torch.empty(3, 8).t()) == "other"
     assert auto.layout_of(torch.empty(2, 3, 4, 5).to(memory_format=torch.channels_last)) == "nhwc"
     assert auto.layout_of(torch.empty(2, 3, 4, 5).transpose(2, 3)) == "other"
+    assert auto.layout_of(torch.empty(2, 2, 4, 5).to(memory_format=torch.channels_last)) == "nhwc"
     one_channel = torch.empty(200).as_strided((2, 1, 4, 5), (1, 1, 2, 8))
     assert not one_channel.is_contiguous() and one_channel.stride(1) == 1
     assert auto.layout_of(one_channel) == "other"  # stride 1 but one channel: not nhwc
@@ -130,11 +131,32 @@ def test_an_unusable_backend_falls_back_to_native(monkeypatch: pytest.MonkeyPatc
 def test_usable_asks_the_registry(monkeypatch: pytest.MonkeyPatch, available: bool,
                                   failures: int, usable: bool) -> None:
     monkeypatch.undo()  # the real _usable
-    fake = SimpleNamespace(is_available=lambda input: available, failures=lambda: failures)
-    monkeypatch.setattr(auto.registry, "get", lambda name: fake)
-    assert auto._usable("hybrid", big()) is usable
+    x = big()
+    fake = SimpleNamespace(is_available=lambda input: available and input is x,
+                           failures=lambda: failures)
+
+    def get(name: str) -> SimpleNamespace:
+        if name != "hybrid":
+            raise ValueError(name)
+        return fake
+
+    monkeypatch.setattr(auto.registry, "get", get)
+    assert auto._usable("hybrid", x) is usable
+    assert auto._usable("compiled", x) is False
+    assert auto._usable("hybrid", big()) is False  # asked about this very input
+    assert third(x)[-1] == ("hybrid" if usable else "native")  # choose asks about x too
 
 
 def test_usable_is_false_for_an_unknown_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.undo()
     assert auto._usable("no-such-backend", big()) is False
+
+
+def test_training_and_eval_are_separate_shape_classes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a rule for evaluation too, sightings in one mode do not count for the other."""
+    rules = (*auto.RULES, auto.Rule("cpu", (torch.float32,), "nchw", False, "compiled"))
+    monkeypatch.setattr(auto, "RULES", rules)
+    x = big()
+    assert third(x, training=True)[-1] == "hybrid"
+    assert auto.choose(x, False) == "native"
+    assert third(x, training=False)[-1] == "compiled"
