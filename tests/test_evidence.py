@@ -90,3 +90,13 @@ def test_rule_describes_itself():
 def test_intervals_round_trip_through_their_dict():
     interval = mean_interval([0.1, 0.3, 0.2])
     assert Interval.from_dict(interval.to_dict()) == interval
+
+
+def test_side_of_an_interval():
+    assert Interval(0.2, 0.1, 0.3, 3).side() == "above"
+    assert Interval(-0.2, -0.3, -0.1, 3).side() == "below"
+    assert Interval(0.0, -0.1, 0.1, 3).side() == "straddles"
+    assert Interval(0.2, 0.1, 0.3, 3).side(0.1) == "straddles"  # touching is not beyond
+    assert Interval(0.2, 0.1, 0.3, 3).side(0.35) == "below"
+    assert Interval(0.2, None, None, 1).side() == "unknown"
+    assert Interval(0.2, float("-inf"), 0.3, 3).side() == "unknown"

@@ -460,15 +460,6 @@ def smoothness_verdict(bn: dict[str, Sequence[float]], plain: dict[str, Sequence
 # --- finding texts (pure functions of the intervals) ---------------------------------------
 
 
-def side(interval: Interval, at: float) -> str:
-    """Where ``interval`` lies relative to ``at``: "above" (low > at), "below" (high < at),
-    "straddles" (contains it), or "unknown" (no interval or not finite)."""
-    low, high = interval.low, interval.high
-    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
-        return "unknown"
-    return "above" if low > at else "below" if high < at else "straddles"
-
-
 def ratio_text(interval: Interval) -> str:
     """A log-ratio interval as a ratio: ``"0.81x [0.77, 0.86]"``."""
     if not math.isfinite(interval.mean):
@@ -482,7 +473,7 @@ def ratio_text(interval: Interval) -> str:
 def ics_finding(interval: Interval, margin: float = ICS_MARGIN) -> str:
     """What the interval of log(ICS BN / ICS no BN) says, from where it lies relative to 0
     (no change) and to ``margin`` (the rule's log(0.8)); it agrees with :func:`ics_verdict`."""
-    zero, edge = side(interval, 0.0), side(interval, margin)
+    zero, edge = interval.side(0.0), interval.side(margin)
     ratio, cut = ratio_text(interval), f"{1 - math.exp(margin):.0%}"
     head = f"BN's relative ICS is {ratio} the plain network's"
     if zero == "unknown":
@@ -516,11 +507,11 @@ def noisy_level_text(level: float, accuracy: Interval, shift: Interval) -> str:
     """One noise level's accuracy and shift, each said from its interval's position."""
     acc = {"above": "within 1 point of BN", "below": "more than 1 point behind BN",
            "straddles": "the seeds cannot tell whether within 1 point of BN",
-           "unknown": "no interval"}[side(accuracy, ACCURACY_MARGIN)]
+           "unknown": "no interval"}[accuracy.side(ACCURACY_MARGIN)]
     moved = {"above": f"more than {SHIFT_RATIO:g}x BN's",
              "below": f"less than {SHIFT_RATIO:g}x BN's",
              "straddles": f"not clearly more than {SHIFT_RATIO:g}x BN's",
-             "unknown": "no interval"}[side(shift, math.log(SHIFT_RATIO))]
+             "unknown": "no interval"}[shift.side(math.log(SHIFT_RATIO))]
     return (f"n={level:g}: {accuracy.format(100, 2)} points ({acc}), input shift "
             f"{ratio_text(shift)} ({moved})")
 
@@ -529,7 +520,7 @@ def smoothness_text(intervals: dict[str, Interval], names: dict[str, str]) -> st
     """Which measures BN made smaller, larger, or the seeds cannot tell (interval vs 0)."""
     groups: dict[str, list[str]] = {}
     for key in SMOOTH_KEYS:
-        groups.setdefault(side(intervals[key], 0.0), []).append(
+        groups.setdefault(intervals[key].side(0.0), []).append(
             f"{names[key]} {ratio_text(intervals[key])}")
     parts = []
     for where, say in (("below", "smaller with BN"), ("above", "larger with BN"),
@@ -565,10 +556,6 @@ def _curve_plot(context: ClaimContext, name: str, series: dict[str, list[dict]],
     return context.relative(path)
 
 
-def _fmt(interval: Interval, scale: float = 1.0, digits: int = 3) -> str:
-    return interval.format(scale, digits)
-
-
 def _run_ics(config: SanturkarConfig, context: ClaimContext) -> ClaimResult:
     runs = trainings(config, context, ("plain", "bn"))
     lr_plain, plain = select(runs["plain"])
@@ -584,13 +571,16 @@ def _run_ics(config: SanturkarConfig, context: ClaimContext) -> ClaimResult:
                                         f"BN (lr {lr_bn:g})": bn}, "ics",
                        "||G - G'|| / ||G|| (mean over layers 2..L)", log=True)
     finding = (f"At their tuned rates (no BN {lr_plain:g}, BN {lr_bn:g}; log ratio "
-               f"{_fmt(interval)}): {ics_finding(interval)} At the same rate {lr_plain:g}: "
+               f"{interval.format(digits=3)}): {ics_finding(interval)} At the same rate "
+               f"{lr_plain:g}: "
                f"{ratio_text(same_interval)} ({same_verdict}).")
     rows = ["| arm | lr | rel. ICS mean [95%] | cos(G, G') [95%] | test acc [95%] |",
             "|---|---|---|---|---|"]
     for label, lr, nets, cos in (("no BN", lr_plain, plain, cos_plain), ("BN", lr_bn, bn, cos_bn)):
-        rows.append(f"| {label} | {lr:g} | {_fmt(mean_interval([_mean(n['ics']) for n in nets]))}"
-                    f" | {_fmt(cos)} | {_fmt(mean_interval([n['test'] or 0 for n in nets]))} |")
+        ics = mean_interval([_mean(n["ics"]) for n in nets])
+        test = mean_interval([n["test"] or 0 for n in nets])
+        rows.append(f"| {label} | {lr:g} | {ics.format(digits=3)} | {cos.format(digits=3)} | "
+                    f"{test.format(digits=3)} |")
     section = "\n".join([
         f"ReLU MLP 784-{config.width}x{config.depth}-10 on {config.dataset}, {config.steps} "
         f"SGD steps of {config.batch}, {len(config.seeds)} seeds, rates {list(config.lrs)} "
@@ -620,8 +610,8 @@ def _run_noisy(config: SanturkarConfig, context: ClaimContext) -> ClaimResult:
         last = acc
         series[f"noisy n={level:g}"] = nets
         rows.append(f"| noisy BN n={level:g} | {lr:g} | {_final_loss(nets)} | "
-                    f"{_fmt(mean_interval([n['test'] or 0 for n in nets]), 100, 2)} | "
-                    f"{_fmt(acc, 100, 2)} | {_fmt(shift, 1, 2)} | {verdict} |")
+                    f"{mean_interval([n['test'] or 0 for n in nets]).format(100, 2)} | "
+                    f"{acc.format(100, 2)} | {shift.format(1, 2)} | {verdict} |")
         details[str(level)] = {"lr": lr, "accuracy": acc.to_dict(), "log_shift": shift.to_dict()}
     verdict = combine(verdicts)
     plain_gap = paired_interval([n["test"] or 0.0 for n in plain], bn_acc)
@@ -647,11 +637,11 @@ def _run_noisy(config: SanturkarConfig, context: ClaimContext) -> ClaimResult:
         f"Same networks and data as `ics`; noise s ~ U(1, 1+n), b ~ U(-n, n) per step and "
         f"unit after BN. Shift: mean over units and layers of |d mu| + |d sd| of the ReLU "
         f"input between consecutive steps, at {config.probes} points. BN: lr {lr_bn:g}, "
-        f"test {_fmt(mean_interval(bn_acc), 100, 2)}%; no BN: lr {lr_plain:g}, "
-        f"{_fmt(mean_interval([n['test'] or 0 for n in plain]), 100, 2)}%.", "",
+        f"test {mean_interval(bn_acc).format(100, 2)}%; no BN: lr {lr_plain:g}, "
+        f"{mean_interval([n['test'] or 0 for n in plain]).format(100, 2)}%.", "",
         "| arm | lr | final training loss | test acc % [95%] | minus BN (points) | "
         "log(shift / BN's) | verdict |", "|---|---|---|---|---|---|---|",
-        f"| BN | {lr_bn:g} | {_final_loss(bn)} | {_fmt(mean_interval(bn_acc), 100, 2)} | | | |",
+        f"| BN | {lr_bn:g} | {_final_loss(bn)} | {mean_interval(bn_acc).format(100, 2)} | | | |",
         *rows, "", f"![training loss]({plot})"])
     return ClaimResult(verdict, f"test acc noisy BN (n={config.noise[-1]:g}) - BN",
                        last, finding, section, details, (plot,))
@@ -676,13 +666,13 @@ def _run_smoothness(config: SanturkarConfig, context: ClaimContext) -> ClaimResu
     tuned_verdict, tuned = smoothness_verdict(_landscape_values(bn), _landscape_values(plain))
     names = {"loss_range": "loss range", "grad_change": "gradient predictiveness max||dg||",
              "beta": "effective beta-smoothness"}
-    rows = [f"| {names[k]} | {_fmt(intervals[k], 1, 2)} | {_fmt(tuned[k], 1, 2)} |"
+    rows = [f"| {names[k]} | {intervals[k].format(1, 2)} | {tuned[k].format(1, 2)} |"
             for k in SMOOTH_KEYS]
     plots = tuple(_curve_plot(context, key, {f"no BN (lr {lr_plain:g})": plain,
                                              f"BN (lr {lr_plain:g})": same}, key, names[key],
                               log=True) for key in SMOOTH_KEYS)
     beta = intervals["beta"]
-    smaller = [names[k] for k in SMOOTH_KEYS if side(intervals[k], 0.0) == "below"]
+    smaller = [names[k] for k in SMOOTH_KEYS if intervals[k].side(0.0) == "below"]
     finding = (f"At the same rate {lr_plain:g} (no BN's tuned rate), "
                f"{smoothness_text(intervals, names)} -> {verdict}; at each arm's tuned rate "
                f"({lr_bn:g} for BN): {tuned_verdict}. ")

@@ -446,11 +446,8 @@ def _plot(path: Any, config: SmallBatchConfig, test: Mapping[Arm, list[float]]) 
 def sign(interval: Interval) -> str:
     """``"above"`` / ``"below"`` when the whole 95% interval lies above / below zero,
     else ``"unclear"`` (also with no interval)."""
-    if interval.low is not None and interval.low > 0:
-        return "above"
-    if interval.high is not None and interval.high < 0:
-        return "below"
-    return "unclear"
+    where = interval.side(0.0)
+    return where if where in ("above", "below") else "unclear"
 
 
 def _difference(name: str, interval: Interval, better: str, worse: str) -> str:

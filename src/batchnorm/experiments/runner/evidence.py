@@ -63,6 +63,15 @@ class Interval:
         return cls(data["mean"], data["low"], data["high"], data["n"],
                    data.get("confidence", 0.95))
 
+    def side(self, at: float = 0.0) -> str:
+        """Where the interval lies relative to ``at``: ``"above"`` (low > at), ``"below"``
+        (high < at), ``"straddles"`` (contains it), or ``"unknown"`` (no interval, or a
+        bound that is not finite)."""
+        low, high = self.low, self.high
+        if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+            return "unknown"
+        return "above" if low > at else "below" if high < at else "straddles"
+
     def format(self, scale: float = 1.0, digits: int = 2, unit: str = "") -> str:
         """``"+0.24 [+0.10, +0.38]"`` (times ``scale``), or the mean alone without an interval."""
         def number(value: float) -> str:
