@@ -287,10 +287,8 @@ def test_backward_after_the_block(one_thread):
 
 
 def test_batch_renorm_updates_as_one_batch(one_thread):
-    """Batch Renorm (if present) updates its statistics with BN's estimator: one batch."""
-    renorm = getattr(batchnorm, "BatchRenorm2d", None)
-    if renorm is None:
-        pytest.skip("no BatchRenorm2d in this checkout")
+    """Batch Renorm updates its statistics with BN's estimator: one batch."""
+    renorm = batchnorm.BatchRenorm2d
     layer, reference = renorm(3), renorm(3)
     micro = [torch.randn(n, 3, 4, 4) * (i + 1) + i for i, n in enumerate((2, 5, 3))]
     with accumulate_statistics(layer):
@@ -301,9 +299,7 @@ def test_batch_renorm_updates_as_one_batch(one_thread):
 
 
 def test_frozen_layers_are_left_alone():
-    frozen = getattr(batchnorm, "FrozenBatchNorm2d", None)
-    if frozen is None:
-        pytest.skip("no FrozenBatchNorm2d in this checkout")
+    frozen = batchnorm.FrozenBatchNorm2d
     model = nn.Sequential(frozen(3), BatchNorm2d(3))
     with accumulate_statistics(model) as seen:
         model(torch.randn(4, 3, 5, 5))

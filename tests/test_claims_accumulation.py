@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from _datasets import dataset_or_skip
 from batchnorm import accumulate_statistics
 from batchnorm.experiments.claims import load_claim
 from batchnorm.experiments.claims.accumulation import (
@@ -86,12 +87,7 @@ def test_the_shadow_layers_carry_the_per_micro_batch_statistics(one_thread):
 @pytest.mark.slow
 def test_quick_preset_end_to_end(tmp_path, one_thread):
     from batchnorm.cli import main
-    from batchnorm.data import DataError, load_dataset
-
-    try:
-        load_dataset("fashion-mnist", download=False, progress=False)
-    except DataError:
-        pytest.skip("Fashion-MNIST is not available offline")
+    dataset_or_skip("fashion-mnist")
     code = main(["reproduce", "claims", "--preset", "quick", "--only", "accumulation",
                  "--out", str(tmp_path), "--no-progress"])
     assert code == 0

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import batchnorm
+from _datasets import dataset_or_skip
 from batchnorm import BatchNorm1d, BatchNorm2d, diagnose
 from batchnorm.cli import main
 from batchnorm.diagnose import Limits, statistics_layers
@@ -191,12 +192,7 @@ def test_cli_bad_file(tmp_path, capsys):
 
 
 def test_cli_model_that_fails_on_the_images(tmp_path, capsys):
-    from batchnorm.data import DataError, load_dataset
-
-    try:
-        load_dataset("mnist", download=False, progress=False)
-    except DataError:
-        pytest.skip("MNIST is not available offline")
+    dataset_or_skip("mnist")
     path = tmp_path / "wrong.pt"
     torch.save(nn.Sequential(nn.Linear(10, 4), nn.BatchNorm1d(4)), path)  # wants 10 inputs
     assert main(["diagnose", str(path), "--dataset", "mnist", "--batches", "1"]) == 2
@@ -222,13 +218,8 @@ def test_cli_bad_dataset_name(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_on_mnist(tmp_path, capsys, one_thread):
-    """End to end on real data (skipped when MNIST is not available offline)."""
-    from batchnorm.data import DataError, load_dataset
-
-    try:
-        load_dataset("mnist", download=False, progress=False)
-    except DataError:
-        pytest.skip("MNIST is not available offline")
+    """End to end on real data (outside CI, skipped when MNIST cannot be loaded)."""
+    dataset_or_skip("mnist")
     path = tmp_path / "model.pt"
     model = nn.Sequential(nn.Conv2d(1, 4, 3), BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
                           nn.Linear(4 * 26 * 26, 10))
@@ -243,11 +234,8 @@ def test_cli_on_mnist(tmp_path, capsys, one_thread):
 
 def test_the_other_layer_kinds_of_the_package(one_thread):
     """Frozen BN, Batch Renorm and Ghost BN (when present) get a row each, by their buffers."""
-    kinds = [getattr(batchnorm, name, None) for name in
-             ("FrozenBatchNorm2d", "BatchRenorm2d", "GhostBatchNorm2d")]
-    if None in kinds:
-        pytest.skip("the other BN variants are not in this checkout")
-    frozen, renorm, ghost = kinds
+    frozen, renorm, ghost = (batchnorm.FrozenBatchNorm2d, batchnorm.BatchRenorm2d,
+                             batchnorm.GhostBatchNorm2d)
     model = nn.Sequential(nn.Conv2d(1, 3, 3), frozen(3), renorm(3), ghost(3, 4))
     for _ in range(12):
         model(torch.randn(8, 1, 6, 6))
