@@ -295,6 +295,18 @@ def test_batchnormalize_new_bn_lives_on_the_layers_device_and_dtype():
     assert all(t.device.type == "meta" and t.dtype == torch.float64 for t in tensors)
 
 
+def test_batchnormalize_a_layer_reused_in_a_sequential_keeps_its_bias_elsewhere():
+    """named_children() lists a reused module once: the rebuild must see every position."""
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(shared, nn.ReLU(), shared)  # the second use feeds no nonlinearity
+    result = batchnormalize(model)
+    assert [type(m) for m in result] == [nn.Linear, BatchNorm1d, nn.ReLU, nn.Linear]
+    assert result[0].bias is None
+    assert result[3].bias is not None
+    torch.testing.assert_close(result[3].bias, shared.bias)
+    torch.testing.assert_close(result[0].weight, shared.weight)
+
+
 def test_batchnormalize_leaves_a_layer_called_twice_once_and_goes_on():
     class Twice(nn.Module):
         def __init__(self):
@@ -390,6 +402,18 @@ def test_fold_untraceable_model_folds_sequential_pairs(one_thread):
     with torch.no_grad():
         for sample in (x, -x):
             torch.testing.assert_close(folded(sample), model(sample), rtol=1e-12, atol=1e-12)
+
+
+def test_fold_fallback_pairs_only_adjacent_layers_when_one_is_reused(one_thread):
+    shared = nn.Linear(4, 4, dtype=torch.float64)
+    body = nn.Sequential(shared, nn.Tanh(), nn.Linear(4, 4, dtype=torch.float64), shared,
+                         _with_statistics(nn.BatchNorm1d(4, dtype=torch.float64)))
+    model = Untraceable(body).eval()  # the BN follows the reused layer, not the one at 2
+    folded, report = fold(model, return_report=True)
+    assert report.changed == ["body.4 -> body.3"]
+    x = torch.randn(6, 4, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-12, atol=1e-12)
 
 
 class _ScaledBatchNorm(nn.BatchNorm1d):

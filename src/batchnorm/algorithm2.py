@@ -130,7 +130,7 @@ def _batchnormalize_sequentials(model: nn.Module, bn_kwargs: dict[str, Any],
     for prefix, sequential in list(model.named_modules()):
         if not isinstance(sequential, nn.Sequential):
             continue
-        children = list(sequential.named_children())
+        children = list(sequential._modules.items())  # named_children() skips a reused module
         taken = {name for name, _ in children}
         rebuilt: list[tuple[str, nn.Module]] = []
         for index, (name, child) in enumerate(children):
@@ -366,7 +366,7 @@ def _fold_sequentials(model: nn.Module, report: Report) -> None:
     for prefix, sequential in list(model.named_modules()):
         if not isinstance(sequential, nn.Sequential):
             continue
-        names = [name for name, _ in sequential.named_children()]
+        names = list(sequential._modules)  # every position, a reused module's included
         for first, second in itertools.pairwise(names):
             layer, bn = getattr(sequential, first), getattr(sequential, second)
             if isinstance(bn, _BATCH_NORMS) and _why_not_foldable(layer, bn) is None:
