@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from _shapes import bn_shapes
 from batchnorm import functional as bnf
 from batchnorm import reference
+from batchnorm.backends import auto, registry
 from batchnorm.backends.reference import PaperBatchNorm
+from batchnorm.backends.registry import Backend
 from batchnorm.functional import batch_norm
 
 BACKENDS = ["reference", "native"]
@@ -246,3 +248,218 @@ def test_available_backends_depend_on_the_input():
     if "hybrid" in everything:  # needs a C++ compiler; float32/float64 CPU input only
         assert "hybrid" not in half
         assert "hybrid" in bnf.available_backends(torch.zeros(2, 3))
+
+
+# --- errors, eps, defaults, edge batches (what the messages and results promise) ---
+
+
+def _f64(*tensors):
+    return [None if t is None else t.detach().double() for t in tensors]
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: batch_norm([[1.0, 2.0]], None, None), TypeError,
+         r"^batch_norm: expected a Tensor, got list"),
+        (lambda: batch_norm(torch.randn(4, 3), torch.zeros(3), torch.ones(2)), RuntimeError,
+         r"^batch_norm: running_var has shape \(2,\), expected \(3,\)"),
+        (lambda: batch_norm(torch.randn(4, 3), None, None, torch.ones(2), None, True),
+         ValueError, r"^batch_norm: weight has shape \(2,\), expected \(3,\)"),
+        # a (1,) bias would broadcast silently: it must be rejected, as torch does
+        (lambda: batch_norm(torch.randn(4, 3), None, None, None, torch.ones(1), True),
+         ValueError, r"^batch_norm: bias has shape \(1,\), expected \(3,\)"),
+        (lambda: batch_norm(torch.randn(4, 3), None, None, training=True, eps=0.0), ValueError,
+         r"^batch_norm: eps must be positive during training"),
+        (lambda: batch_norm(torch.randn(4, 3), torch.zeros(3), torch.ones(3), eps=-1e-3),
+         ValueError, r"^batch_norm: eps must be non-negative, got -0\.001"),
+        (lambda: batch_norm(torch.randn(1, 1), None, None, training=True), ValueError,
+         r"more than 1 value per channel .*use a batch size > 1 or eval mode\)"),
+        # one running statistic is not enough in evaluation
+        (lambda: batch_norm(torch.randn(4, 3), torch.zeros(3), None), ValueError,
+         r"^running_mean and running_var are required when not training"),
+        (lambda: bnf.normalize(torch.randn(4, 3), None, None, None, None, True, 1e-5,
+                               activation="tanh"),
+         ValueError, r"^batch_norm: activation must be one of .*got 'tanh'"),
+    ],
+)  # fmt: skip
+def test_errors_name_the_function_and_the_problem(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_shape_errors_are_batch_norm_shape_errors():
+    for vectors in [(torch.zeros(2), torch.ones(3)), (torch.zeros(3), torch.ones(2))]:
+        with pytest.raises(bnf.BatchNormShapeError):
+            batch_norm(torch.randn(4, 3), *vectors)
+
+
+def test_eval_allows_eps_zero_as_torch(one_thread):
+    """torch's rule: eps = 0 is fine with running statistics (a variance > 0)."""
+    x, mean, var = torch.randn(4, 3, 2), torch.randn(3), torch.rand(3) + 0.5
+    w, b = torch.randn(3), torch.randn(3)
+    out = batch_norm(x, mean, var, w, b, False, eps=0.0)
+    want = F.batch_norm(*_f64(x, mean, var, w, b), False, eps=0.0)
+    torch.testing.assert_close(out.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_default_momentum_is_torchs(one_thread):
+    x = torch.randn(6, 3, dtype=torch.float64) * 2 + 1
+    mean, var = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    batch_norm(x, mean, var, training=True)
+    torch.testing.assert_close(mean, 0.1 * x.mean(0))
+    torch.testing.assert_close(var, 0.9 + 0.1 * x.var(0))  # unbiased batch variance
+
+
+def test_eval_single_value_is_normalized(one_thread):
+    """A one-element input in evaluation is normalized with the running statistics."""
+    x = torch.tensor([[[3.0]]])
+    mean, var, w, b = torch.tensor([1.0]), torch.tensor([4.0]), torch.tensor([2.0]), torch.ones(1)
+    out = batch_norm(x, mean, var, w, b, False)
+    torch.testing.assert_close(out, torch.tensor([[[2.0 * 2.0 / (4.0 + 1e-5) ** 0.5 + 1.0]]]))
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (0, 3, 4), (0, 3, 2, 5)])
+def test_empty_training_batch_as_torch(shape, one_thread):
+    """Empty output, zero gradients for weight and bias, running statistics untouched."""
+    x = torch.randn(shape)
+    w, b = torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)
+    mean, var = torch.randn(3), torch.rand(3) + 0.5
+    before = (mean.clone(), var.clone())
+    out = batch_norm(x, mean, var, w, b, True)
+    want = F.batch_norm(x, mean.clone(), var.clone(), w, b, True)
+    assert out.shape == want.shape == shape and out.dtype == want.dtype
+    grads = torch.autograd.grad(out.sum(), [w, b])
+    want_grads = torch.autograd.grad(want.sum(), [w, b])
+    for got, expected in zip(grads, want_grads, strict=True):
+        torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(got, torch.zeros(3))
+    torch.testing.assert_close((mean, var), before)
+
+
+def test_normalize_empty_batch_with_residual(one_thread):
+    """act(BN(x) + r) of an empty batch: differentiable in r, no statistics, nothing to update."""
+    x = torch.randn(0, 3, 4)
+    residual = torch.randn(0, 3, 4, requires_grad=True)
+    result = bnf.normalize(x, None, None, None, None, True, 1e-5, activation="relu",
+                           residual=residual)  # fmt: skip
+    assert result.output.shape == (0, 3, 4) and result.output.requires_grad
+    (grad,) = torch.autograd.grad(result.output.sum(), [residual])
+    assert grad.shape == (0, 3, 4)
+    assert result.batch_mean is None and result.batch_var is None
+    assert result.updated is True  # nothing to update them with
+    running = torch.zeros(3), torch.ones(3)
+    in_eval = bnf.normalize(x, None, None, *running, False, 1e-5, residual=residual)
+    assert in_eval.output.shape == (0, 3, 4) and in_eval.updated is False
+
+
+def test_normalize_eval_returns_no_statistics(one_thread):
+    x, mean, var = torch.randn(5, 3), torch.randn(3), torch.rand(3) + 0.5
+    result = bnf.normalize(x, None, None, mean, var, False, 1e-5, "native")
+    want = F.batch_norm(*_f64(x, mean, var), training=False)
+    torch.testing.assert_close(result.output.double(), want)
+    assert result.batch_mean is None and result.batch_var is None
+    assert result.updated is False
+
+
+def test_normalize_in_kernel_update(one_thread):
+    """native's in-kernel update: the running statistics moved by the EMA, no batch stats."""
+    x = torch.randn(6, 3, 2, dtype=torch.float64) * 2 + 1
+    mean, var = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    result = bnf.normalize(x, None, None, mean, var, True, 1e-5, "native", momentum=0.25)
+    assert result.updated is True
+    assert result.batch_mean is None and result.batch_var is None
+    dims = (0, 2)
+    torch.testing.assert_close(mean, 0.25 * x.mean(dims))
+    torch.testing.assert_close(var, 0.75 + 0.25 * x.var(dims))
+    torch.testing.assert_close(result.output, F.batch_norm(x, None, None, training=True))
+
+
+# --- backends: registration, availability, and how "auto" sees the activation ---
+
+
+@pytest.fixture
+def own_registry(monkeypatch):
+    """A private copy of the backend table and of auto's sightings."""
+    monkeypatch.setattr(registry, "_BACKENDS", dict(registry._BACKENDS))
+    monkeypatch.setattr(auto, "_seen", {})
+
+
+def _recording(name: str, calls: list, **fields) -> Backend:
+    def forward(input, *args, **kwargs):
+        calls.append(name)
+        return input.clone(), None, None
+
+    return Backend(name, forward, **fields)
+
+
+def test_register_reserves_auto(own_registry):
+    with pytest.raises(ValueError, match="'auto' is reserved"):
+        registry.register(Backend("auto", registry.get("reference").forward))
+
+
+def test_registered_backend_is_used_by_name(own_registry, one_thread):
+    calls = []
+    paper = registry.get("reference").forward
+
+    def forward(*args, **kwargs):
+        calls.append("spy")
+        return paper(*args, **kwargs)
+
+    assert registry.register(Backend("spy", forward)).name == "spy"
+    assert Backend("spy", forward).failures() == 0  # a new backend has never failed
+    x, w, b = torch.randn(5, 3, dtype=torch.float64), torch.randn(3), torch.randn(3)
+    out = batch_norm(x, None, None, w.double(), b.double(), True, backend="spy")
+    assert calls == ["spy"]
+    torch.testing.assert_close(out, F.batch_norm(x, None, None, w.double(), b.double(), True))
+
+
+def test_unavailable_backend_error(own_registry):
+    registry.register(_recording("nowhere", [], is_available=lambda _input: False))
+    with pytest.raises(RuntimeError, match=r"backend 'nowhere' cannot run on a cpu tensor of "
+                                           r"dtype torch\.float32"):  # fmt: skip
+        batch_norm(torch.randn(4, 3), None, None, training=True, backend="nowhere")
+
+
+def test_auto_sees_the_activation(own_registry):
+    """auto's documented rule for large NCHW float32 CPU training: "hybrid", or "compiled"
+    with a fused activation; the activation must reach it from resolve_backend and normalize.
+    (Recording stand-ins for the two generated backends: no compile, no kernel run.)"""
+    calls = []
+    for name in ("hybrid", "compiled"):
+        registry.register(_recording(name, calls))
+    x = torch.zeros(2, 4, 256, 256)  # auto.MIN_NUMEL elements
+    assert x.numel() == auto.MIN_NUMEL
+    for _ in range(auto.SIGHTINGS):
+        chosen = bnf.resolve_backend("auto", x, True)  # the default activation: identity
+    assert chosen.name == "hybrid"
+    assert bnf.resolve_backend("auto", x, True, "identity").name == "hybrid"
+    assert bnf.resolve_backend("auto", x, True, "relu").name == "compiled"
+    for activation, wanted in [("identity", "hybrid"), ("relu", "compiled")]:
+        calls.clear()
+        bnf.normalize(x, None, None, None, None, True, 1e-5, activation=activation)
+        assert calls == [wanted]
+
+
+def test_fusing_backend_applies_activation_once(own_registry, one_thread):
+    """A backend that fuses act(y + r) gets both, the caller adds nothing, and reports
+    its batch statistics for the caller to update the running statistics with."""
+    paper = registry.get("reference").forward
+
+    def fused(input, weight, bias, rm, rv, training, eps, *, activation, residual):
+        y, mean, var = paper(input, weight, bias, rm, rv, training, eps)
+        return torch.sigmoid(y + residual) if activation == "sigmoid" else None, mean, var
+
+    registry.register(Backend("fusing", fused, fuses_activation=True))
+    x = torch.randn(6, 3, dtype=torch.float64)
+    w, b, r = torch.randn(3, dtype=torch.float64), torch.randn(3, dtype=torch.float64), x.flip(0)
+    mean, var = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    result = bnf.normalize(x, w, b, mean, var, True, 1e-5, "fusing", activation="sigmoid",
+                           residual=r, momentum=0.1)  # fmt: skip
+    want = torch.sigmoid(F.batch_norm(x, None, None, w, b, True) + r)
+    torch.testing.assert_close(result.output, want)
+    torch.testing.assert_close(result.batch_mean, x.mean(0))
+    torch.testing.assert_close(result.batch_var, x.var(0, correction=0))
+    assert result.updated is False
+    untouched = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    torch.testing.assert_close((mean, var), untouched)

@@ -92,3 +92,25 @@ def test_population_layer_skips_non_finite_batch():
     layer(bad)
     torch.testing.assert_close(layer.running_var, snapshot)
     assert int(layer.population_batches) == 1 and int(layer.skipped_updates) == 1
+
+
+def test_population_of_two_value_batches():
+    """The smallest training batch, 2 values per channel: Var = the unbiased variance
+    (m/(m-1) = 2 times the biased one), also when pooled with a second such batch."""
+    batches = [torch.randn(2, 3, dtype=torch.float64) * 2 + 1 for _ in range(2)]
+    layer = BatchNorm1d(3, estimator="population", dtype=torch.float64)
+    layer(batches[0])
+    torch.testing.assert_close(layer.running_mean, batches[0].mean(0))
+    torch.testing.assert_close(layer.running_var, batches[0].var(0))
+    layer(batches[1])
+    mean, var = reference.population_statistics([b.numpy() for b in batches])
+    np.testing.assert_allclose(layer.running_mean.numpy(), mean, rtol=1e-12)
+    np.testing.assert_allclose(layer.running_var.numpy(), var, rtol=1e-12)
+    # and pool_population itself, from an empty pool
+    pooled_mean, pooled_var, applied = pool_population(
+        torch.zeros(2), torch.ones(2), torch.tensor(0), torch.tensor(0),
+        torch.tensor([1.0, -2.0]), torch.tensor([0.25, 4.0]), 2,
+    )  # fmt: skip
+    assert bool(applied)
+    torch.testing.assert_close(pooled_mean, torch.tensor([1.0, -2.0]))
+    torch.testing.assert_close(pooled_var, torch.tensor([0.5, 8.0]))
