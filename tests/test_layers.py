@@ -396,3 +396,26 @@ def test_small_batch_fast_path_declines_what_it_does_not_cover():
     layer.eps = 0.0
     with pytest.raises(ValueError, match="eps must be positive"):
         layer(torch.randn(60, 100))
+
+
+# --- state the forward must refuse or honour (both sides of _forward's conditions) --------
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("missing", ["running_mean", "running_var"])
+def test_one_running_statistic_missing_is_refused_like_torch(one_thread, training, missing):
+    """torch refuses a layer with one running statistic set to None (in both modes); so do
+    we, naming the layer, before anything is counted or updated (a fast-path-sized batch)."""
+    ours, theirs = _pair(2, 3, torch.float32)
+    for layer in (ours, theirs):
+        layer(torch.randn(8, 3) + 1)
+        setattr(layer, missing, None)
+        layer.train(training)
+    kept = {k: v.clone() for k, v in ours.state_dict().items()}
+    x = torch.randn(8, 3)
+    with pytest.raises((ValueError, RuntimeError)):
+        theirs(x)
+    with pytest.raises(ValueError, match=r"^BatchNorm1d\(3\): running_mean and running_var must"):
+        ours(x)
+    for name, value in ours.state_dict().items():
+        torch.testing.assert_close(value, kept[name], rtol=0, atol=0, msg=name)

@@ -235,10 +235,14 @@ class _BatchNorm(nn.modules.batchnorm._BatchNorm):
         # Parameters and buffers are read once: each read is an nn.Module.__getattr__.
         weight, bias = self.weight, self.bias
         running_mean, running_var = self.running_mean, self.running_var
+        name = self._describe()
+        if (running_mean is None) != (running_var is None):  # torch refuses it too
+            raise ValueError(
+                f"{name}: running_mean and running_var must either both be None or neither be None"
+            )
         training = self.training
         # torch's rule: batch statistics in training, and in eval when there are no buffers.
         use_batch_statistics = training or (running_mean is None and running_var is None)
-        name = self._describe()
         validate_input(input, self.num_features, use_batch_statistics, name)
         check_vectors(
             input, name, running_mean=running_mean, running_var=running_var, weight=weight,
