@@ -14,6 +14,10 @@ from torch import nn
 import batchnorm
 from _shapes import bn_shapes
 from batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d
+from batchnorm.backends import registry
+from batchnorm.backends.native import FUSED_UPDATE_MAX_NUMEL
+from batchnorm.functional import BatchNormShapeError
+from batchnorm.layers import _user_stacklevel
 
 OURS = {2: BatchNorm1d, 3: BatchNorm1d, 4: BatchNorm2d, 5: BatchNorm3d}
 TORCH = {2: nn.BatchNorm1d, 3: nn.BatchNorm1d, 4: nn.BatchNorm2d, 5: nn.BatchNorm3d}
@@ -173,12 +177,13 @@ def test_empty_batch_in_eval_mode_is_fine():
         (dict(num_features=2.0), TypeError, "num_features must be an int"),
         (dict(num_features=2, momentum=1.5), ValueError, "momentum must be in"),
         (dict(num_features=2, estimator="median"), ValueError, "estimator must be one of"),
-        (dict(num_features=2, estimator="ema", momentum=None), ValueError, "needs a momentum"),
+        (dict(num_features=2, estimator="ema", momentum=None), ValueError, "estimator 'ema' needs"),
         (dict(num_features=2, backend="cuda-magic"), ValueError, "unknown backend"),
     ],
 )
 def test_constructor_validation(kwargs, error, match):
-    with pytest.raises(error, match=match):
+    """Each error names the class being built (BatchNorm2d) and what is wrong."""
+    with pytest.raises(error, match=rf"^BatchNorm2d: {match}"):
         BatchNorm2d(**kwargs)
 
 
@@ -199,8 +204,12 @@ def test_non_finite_batch_is_skipped_and_counted():
 
 def test_eval_before_statistics_warns_or_raises():
     layer = BatchNorm2d(3).eval()
-    with pytest.warns(UserWarning, match=r"BatchNorm2d\(3\) is in eval mode but has tracked no"):
+    no_statistics = r"BatchNorm2d\(3\) is in eval mode but has tracked no"
+    with pytest.warns(UserWarning, match=no_statistics) as record:
         layer(torch.randn(2, 3, 4, 4))
+    message = str(record[0].message)  # what it would use, and the three ways out
+    assert "normalize with the initial running_mean=0, running_var=1." in message
+    assert "Train it, load a state dict, or call batchnorm.recompute_statistics(" in message
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         layer(torch.randn(2, 3, 4, 4))  # warned once per layer
@@ -419,3 +428,184 @@ def test_one_running_statistic_missing_is_refused_like_torch(one_thread, trainin
         ours(x)
     for name, value in ours.state_dict().items():
         torch.testing.assert_close(value, kept[name], rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("vector", ["running_mean", "running_var", "weight", "bias"])
+def test_one_wrong_size_vector_raises_shape_error_naming_layer(one_thread, training, vector):
+    """A (4,) vector on a 3-channel layer (the others right): BatchNormShapeError naming the
+    layer, the vector and its shape, as torch raises a RuntimeError; nothing counted."""
+    ours, theirs = _pair(2, 3, torch.float32)
+    for layer in (ours, theirs):
+        layer(torch.randn(8, 3))
+        wrong = torch.ones(4)
+        setattr(layer, vector, nn.Parameter(wrong) if vector in ("weight", "bias") else wrong)
+        layer.train(training)
+    x = torch.randn(8, 3)  # small: the training fast path's size
+    with pytest.raises(RuntimeError):
+        theirs(x)
+    with pytest.raises(BatchNormShapeError, match=rf"^BatchNorm1d\(3\): {vector} has shape \(4,\)"):
+        ours(x)
+    assert int(ours.num_batches_tracked) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tracking_switched_off_after_construction_matches_torch(one_thread, dtype):
+    """track_running_stats=False set on a trained layer (buffers kept): training uses batch
+    statistics and leaves the buffers and the count alone; eval uses the kept buffers."""
+    ours, theirs = _pair(2, 3, dtype)
+    batches = [torch.randn(8, 3, dtype=dtype) * (i + 1) + i for i in range(5)]
+    for i, x in enumerate(batches):
+        if i == 2:
+            ours.track_running_stats = theirs.track_running_stats = False
+            frozen = {k: v.clone() for k, v in theirs.state_dict().items()}
+        out, grad = _step(ours, x)
+        want, want_grad = _step(theirs, x)
+        torch.testing.assert_close(out, want, **TOL[dtype])
+        torch.testing.assert_close(grad, want_grad, **TOL[dtype])
+    for name, value in frozen.items():
+        torch.testing.assert_close(ours.state_dict()[name], value, **TOL[dtype], msg=name)
+    assert int(ours.num_batches_tracked) == 2
+    ours.eval()
+    theirs.eval()
+    x = torch.randn(4, 3, dtype=dtype)
+    torch.testing.assert_close(ours(x), theirs(x), **TOL[dtype])
+
+
+def test_cumulative_average_leaves_out_empty_batches(one_thread):
+    """momentum=None: the running statistics are the plain averages of the batches' means and
+    unbiased variances; an empty batch (empty output) counts in num_batches_tracked, as in
+    torch, but not in the average (it is counted in skipped_updates instead)."""
+    layer = BatchNorm1d(3, momentum=None, dtype=torch.float64)
+    batches = [torch.randn(n, 3, dtype=torch.float64) * (n + 1) + n for n in (4, 0, 6, 5, 0)]
+    for x in batches:
+        assert layer(x).shape == x.shape
+    real = [x for x in batches if x.numel()]
+    mean = torch.stack([x.mean(0) for x in real]).mean(0)
+    var = torch.stack([x.var(0) for x in real]).mean(0)
+    torch.testing.assert_close(layer.running_mean, mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer.running_var, var, rtol=1e-12, atol=1e-12)
+    assert int(layer.num_batches_tracked) == 5 and int(layer.skipped_updates) == 2
+
+
+def test_empty_batch_with_moving_average_matches_torch(one_thread):
+    ours, theirs = _pair(2, 3, torch.float64)
+    for x in (torch.randn(6, 3, dtype=torch.float64) + 2, torch.randn(0, 3, dtype=torch.float64)):
+        torch.testing.assert_close(ours(x), theirs(x), **TOL[torch.float64])
+    for name, value in theirs.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[name], value, **TOL[torch.float64])
+    assert int(ours.skipped_updates) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_layer_rounds_like_the_float64_formula(one_thread, dtype):
+    """A layer built in half precision (its parameters and buffers too): each output within
+    one rounding (finfo.eps) of the paper's transform in float64 of the very same input
+    values, and the running statistics the EMA of the batch statistics."""
+    layer = BatchNorm1d(3, dtype=dtype)
+    eps = torch.finfo(dtype).eps
+    mean = torch.zeros(3, dtype=torch.float64)
+    var = torch.ones(3, dtype=torch.float64)
+    for step in range(3):
+        x = (torch.randn(8, 3) * 3 + 100).to(dtype)  # large mean: where precision matters
+        x64 = x.double()
+        want = (x64 - x64.mean(0)) / torch.sqrt(x64.var(0, unbiased=False) + layer.eps)
+        out = layer(x)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.double(), want, rtol=eps, atol=eps, msg=f"step {step}")
+        mean = 0.9 * mean + 0.1 * x64.mean(0)
+        var = 0.9 * var + 0.1 * x64.var(0)
+    torch.testing.assert_close(layer.running_mean.double(), mean, rtol=2 * eps, atol=2 * eps)
+    torch.testing.assert_close(layer.running_var.double(), var, rtol=4 * eps, atol=4 * eps)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_unknown_activation_is_refused_not_applied_as_identity(one_thread, training):
+    """An activation set after construction to a name the package does not know: the
+    forward refuses it with the known names (no silent identity on the fast path)."""
+    layer = batchnorm.BatchNormAct1d(4)
+    layer(torch.randn(8, 4))
+    layer.activation = "gelu"
+    layer.train(training)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        layer(torch.randn(8, 4))
+
+
+def test_fast_path_covers_exactly_the_in_kernel_update_sizes(one_thread):
+    """The fast path takes training batches up to FUSED_UPDATE_MAX_NUMEL elements (the
+    native in-kernel update's limit) and declines, doing nothing, above; both sides give
+    torch's outputs and statistics."""
+    channels = 4
+    ours, theirs = _pair(2, channels, torch.float64)
+    at_limit = torch.randn(FUSED_UPDATE_MAX_NUMEL // channels, channels, dtype=torch.float64)
+    out = ours._train_small(at_limit, "identity")
+    assert out is not None
+    torch.testing.assert_close(out, theirs(at_limit), **TOL[torch.float64])
+    above = torch.randn(FUSED_UPDATE_MAX_NUMEL // channels + 1, channels, dtype=torch.float64)
+    above = above * 2 + 1
+    assert ours._train_small(above, "identity") is None
+    assert int(ours.num_batches_tracked) == 1
+    torch.testing.assert_close(ours(above), theirs(above), **TOL[torch.float64])
+    for name, value in theirs.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[name], value, **TOL[torch.float64])
+
+
+def test_layer_runs_the_backend_it_names(one_thread, monkeypatch):
+    """backend= selects the registered backend that computes the forward, in training and
+    in eval (a registered spy around native's transform), with torch's numbers."""
+    native = registry.get("native")
+    seen = []
+
+    def spy(input, weight, bias, running_mean, running_var, training, eps):
+        seen.append(training)
+        return native.forward(input, weight, bias, running_mean, running_var, training, eps)
+
+    monkeypatch.setitem(registry._BACKENDS, "spy", registry.Backend("spy", spy))
+    ours = BatchNorm1d(3, backend="spy", dtype=torch.float64)
+    theirs = nn.BatchNorm1d(3, dtype=torch.float64)
+    for x in (torch.randn(6, 3, dtype=torch.float64) + 1, torch.randn(6, 3, dtype=torch.float64)):
+        torch.testing.assert_close(ours(x), theirs(x), **TOL[torch.float64])
+    ours.eval()
+    theirs.eval()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), theirs(x), **TOL[torch.float64])
+    assert seen == [True, True, False]
+
+
+def test_bias_false_keeps_a_weight_only_layer_like_torch(one_thread):
+    ours, theirs = _pair(4, 3, torch.float64, bias=False)
+    assert ours.bias is None and ours.weight is not None
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    for step in range(2):
+        x = torch.randn(2, 3, 2, 2, dtype=torch.float64) * (step + 1)
+        out, grad = _step(ours, x)
+        want, want_grad = _step(theirs, x)
+        torch.testing.assert_close(out, want, **TOL[torch.float64])
+        torch.testing.assert_close(grad, want_grad, **TOL[torch.float64])
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, **TOL[torch.float64])
+
+
+def test_one_accumulated_update_is_enough_for_eval(one_thread):
+    """accumulate_statistics applies one update on exit (num_batches_tracked 1, the layer's
+    own flag restored): eval then uses those statistics silently, as torch would after one
+    forward of the concatenated batch."""
+    ours, theirs = _pair(2, 3, torch.float64)
+    micro = [torch.randn(4, 3, dtype=torch.float64) * 2 + 1 for _ in range(2)]
+    with batchnorm.accumulate_statistics(ours):
+        for x in micro:
+            ours(x)
+    theirs(torch.cat(micro))
+    assert int(ours.num_batches_tracked) == 1
+    ours.eval()
+    theirs.eval()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(ours(x), theirs(x), **TOL[torch.float64])
+
+
+def test_user_stacklevel_called_from_outside_the_package_points_at_the_caller():
+    """From a line outside batchnorm and torch.nn the stacklevel is that line's own (1)."""
+    with pytest.warns(UserWarning, match="here") as record:
+        warnings.warn("here", stacklevel=_user_stacklevel())
+    assert record[0].filename == __file__
