@@ -33,6 +33,12 @@ def _forward(input, weight, bias, running_mean, running_var, training, eps):
         output, mean, invstd = torch.native_batch_norm(
             input, weight, bias, None, None, True, 0.0, eps
         )
+        if mean.dtype not in (torch.float32, torch.float64):
+            # ATen's CPU kernel rounds its statistics to a half/bfloat16 input's dtype unless
+            # a float32 parameter makes the call mixed-type: the contract's are float32.
+            dims = [d for d in range(input.dim()) if d != 1]
+            var, mean = torch.var_mean(input.detach().float(), dim=dims, correction=0)
+            return output, mean, var
         # ATen returns 1/sqrt(var + eps); invert it rather than spend a pass over the input.
         var = (invstd.detach().double().pow(-2) - eps).clamp_min(0.0)
         return output, mean.detach(), var.to(mean.dtype)
