@@ -81,15 +81,18 @@ def test_markdown_table():
 
 @pytest.mark.slow
 def test_quick_run_writes_json_and_markdown(tmp_path):
+    """The whole CLI path once (re-exec, every backend and mode, the end-to-end steps, both
+    files), on one small case: the compiled backends' compilations dominate, per case."""
     out, md = tmp_path / "bench.json", tmp_path / "bench.md"
     result = subprocess.run(
         [sys.executable, "-m", "batchnorm.cli", "bench", "--quick", "--repeats", "2",
-         "--out", str(out), "--md", str(md)],
+         "--cases", "60x100", "--out", str(out), "--md", str(md)],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     data = json.loads(out.read_text())
     assert data["meta"]["allocator_env"]["MALLOC_MMAP_THRESHOLD_"] is not None
+    assert {row["case"] for row in data["kernels"]} == {"60x100"}
     modes = {row["mode"] for row in data["kernels"]}
     assert modes == set(benchmark.MODES)
     backends = {row["backend"] for row in data["kernels"]}
