@@ -155,6 +155,7 @@ def test_one_value_per_channel_names_layer_and_shape():
         (BatchNorm2d(3), (4, 3, 5), r"BatchNorm2d\(3\): expected 4D input, got 3D"),
         (BatchNorm1d(3), (4, 3, 5, 5), r"BatchNorm1d\(3\): expected 2D or 3D input"),
         (BatchNorm1d(3), (3,), r"BatchNorm1d\(3\): expected 2D or 3D input, got 1D"),
+        (BatchNorm2d(3), (4, 2, 2, 2), r"BatchNorm2d\(3\): expected 3 channels.*2 channels"),
         (BatchNorm2d(3), (4, 5, 2, 2), r"BatchNorm2d\(3\): expected 3 channels.*5 channels"),
         (BatchNorm3d(2), (2, 2, 2, 2), r"BatchNorm3d\(2\): expected 5D input"),
     ],
