@@ -10,6 +10,7 @@ refused with a one-line error and exit code 2, leaving the folder as it was.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,12 +62,37 @@ def _kill_after_checkpoint(args: list[str], out: Path, pattern: str) -> Path:
     return checkpoint
 
 
+def _damaged_copy_is_refused(args: list[str], killed: Path, checkpoint: Path, tmp_path: Path,
+                             where: slice) -> None:
+    """A copy of the killed run with bytes ``where`` of its checkpoint flipped: ``--resume``
+    refuses it in one line (exit 2), leaves its config alone and keeps the evidence."""
+    damaged = tmp_path / "damaged"
+    shutil.copytree(killed, damaged)
+    copy = damaged / checkpoint.relative_to(killed)
+    data = bytearray(copy.read_bytes())
+    data[where] = bytes(b ^ 0xFF for b in data[where])
+    copy.write_bytes(bytes(data))
+    config = (damaged / "config.json").read_bytes()
+    result = _batchnorm(*args, "--out", str(damaged), "--resume")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "damaged" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (damaged / "config.json").read_bytes() == config
+    assert copy.read_bytes() == bytes(data)  # the evidence is kept, not deleted
+
+
 def test_figure1_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
+    """Also: a fresh run into the killed folder is refused, and so is a damaged checkpoint
+    (on a copy of the killed run: one kill serves both)."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     result = _batchnorm(*FIGURE1, "--out", str(whole))
     assert result.returncode == 0, result.stderr
-    _kill_after_checkpoint([*FIGURE1, "--out", str(killed)], killed, "checkpoint.pt")
+    checkpoint = _kill_after_checkpoint([*FIGURE1, "--out", str(killed)], killed,
+                                        "checkpoint.pt")
     assert not (killed / "summary.json").exists()
+    size = checkpoint.stat().st_size
+    _damaged_copy_is_refused(FIGURE1, killed, checkpoint, tmp_path,
+                             slice(size // 2, size // 2 + 64))
     # a fresh run into the killed run's folder is refused; --resume continues it
     refused = _batchnorm(*FIGURE1, "--out", str(killed))
     assert refused.returncode == 2 and "already holds a run" in refused.stderr
@@ -75,39 +101,14 @@ def test_figure1_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert (killed / "metrics.csv").read_bytes() == (whole / "metrics.csv").read_bytes()
 
 
-def test_figure1_damaged_checkpoint_is_refused_in_one_line(tmp_path):
-    out = tmp_path / "run"
-    checkpoint = _kill_after_checkpoint([*FIGURE1, "--out", str(out)], out, "checkpoint.pt")
-    data = bytearray(checkpoint.read_bytes())
-    middle = len(data) // 2
-    data[middle:middle + 64] = bytes(b ^ 0xFF for b in data[middle:middle + 64])
-    checkpoint.write_bytes(bytes(data))
-    config = (out / "config.json").read_bytes()
-    result = _batchnorm(*FIGURE1, "--out", str(out), "--resume")
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "damaged" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert (out / "config.json").read_bytes() == config
-    assert checkpoint.read_bytes() == bytes(data)  # the evidence is kept, not deleted
-
-
 def test_inception_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
+    """Also: a damaged checkpoint is refused (on a copy of the killed run)."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     result = _batchnorm(*INCEPTION, "--out", str(whole))
     assert result.returncode == 0, result.stderr
-    _kill_after_checkpoint([*INCEPTION, "--out", str(killed)], killed, "**/checkpoints/*.pt")
+    checkpoint = _kill_after_checkpoint([*INCEPTION, "--out", str(killed)], killed,
+                                        "**/checkpoints/*.pt")
+    _damaged_copy_is_refused(INCEPTION, killed, checkpoint, tmp_path, slice(-100, -36))
     resumed = _batchnorm(*INCEPTION, "--out", str(killed), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert (killed / "metrics.csv").read_bytes() == (whole / "metrics.csv").read_bytes()
-
-
-def test_inception_damaged_checkpoint_is_refused_in_one_line(tmp_path):
-    out = tmp_path / "run"
-    checkpoint = _kill_after_checkpoint([*INCEPTION, "--out", str(out)], out,
-                                        "**/checkpoints/*.pt")
-    data = bytearray(checkpoint.read_bytes())
-    data[-100:-36] = bytes(b ^ 0xFF for b in data[-100:-36])
-    checkpoint.write_bytes(bytes(data))
-    result = _batchnorm(*INCEPTION, "--out", str(out), "--resume")
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().count("\n") == 0 and "damaged" in result.stderr
