@@ -236,3 +236,15 @@ def test_compiles_without_graph_breaks(n):
     explanation = torch._dynamo.explain(compiled)(x)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     torch.testing.assert_close(fn(x), eager(x))
+
+
+@pytest.mark.parametrize("shape", [(8, 3, 0, 5), (8, 3, 5, 0)])
+def test_empty_training_batch_is_counted_and_skipped_like_bn(shape):
+    """A batch with no values per channel (N > vbs, an empty spatial dimension): BN's rule,
+    an empty output, the step counted and no statistics changed (as torch's BatchNorm2d)."""
+    ghost, torch_bn = GhostBatchNorm2d(3, 4), nn.BatchNorm2d(3)
+    x = torch.randn(shape)
+    assert ghost(x).shape == torch_bn(x).shape == shape
+    for name, value in torch_bn.state_dict().items():
+        assert torch.equal(ghost.state_dict()[name], value), name
+    assert int(ghost.num_batches_tracked) == 1 and int(ghost.skipped_updates) == 1

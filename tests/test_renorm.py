@@ -275,3 +275,15 @@ def test_compiles_without_graph_breaks():
     explanation = torch._dynamo.explain(compiled)(x)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     torch.testing.assert_close(fn(x), eager(x))
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (8, 3, 0)])
+def test_empty_training_batch_is_counted_and_skipped_like_bn(shape):
+    """An empty training batch: BN's rule, an empty output, the step counted and the running
+    statistics unchanged (as torch's BatchNorm1d), no error."""
+    renorm, torch_bn = BatchRenorm1d(3, warmup_steps=0), nn.BatchNorm1d(3)
+    x = torch.randn(shape)
+    assert renorm(x).shape == torch_bn(x).shape == shape
+    for name, value in torch_bn.state_dict().items():
+        assert torch.equal(renorm.state_dict()[name], value), name
+    assert int(renorm.num_batches_tracked) == 1 and int(renorm.skipped_updates) == 1

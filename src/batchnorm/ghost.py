@@ -63,8 +63,8 @@ class _GhostMixin:
         self.virtual_batch_size = vbs
 
     def forward(self, input: Tensor) -> Tensor:
-        if not self.training or input.shape[0] <= self.virtual_batch_size:
-            return super().forward(input)  # one chunk, or evaluation: plain BN
+        if not self.training or input.shape[0] <= self.virtual_batch_size or input.numel() == 0:
+            return super().forward(input)  # one chunk, evaluation or an empty batch: plain BN
         return self._ghost_forward(input)
 
     def _ghost_forward(self, input: Tensor) -> Tensor:

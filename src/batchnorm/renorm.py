@@ -110,8 +110,8 @@ class _RenormMixin:
         return r, d
 
     def forward(self, input: Tensor) -> Tensor:
-        if not self.training:
-            return super().forward(input)
+        if not self.training or input.numel() == 0:
+            return super().forward(input)  # evaluation, or an empty batch (counted, skipped)
         self._check_input_dim(input)
         validate_input(input, self.num_features, True, self._describe())
         r, d = self.correction(input)
