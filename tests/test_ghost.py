@@ -248,3 +248,84 @@ def test_empty_training_batch_is_counted_and_skipped_like_bn(shape):
     for name, value in torch_bn.state_dict().items():
         assert torch.equal(ghost.state_dict()[name], value), name
     assert int(ghost.num_batches_tracked) == 1 and int(ghost.skipped_updates) == 1
+
+
+def test_virtual_batch_size_1_is_instance_norm():
+    """One sample per ghost batch: each sample normalized over its own positions, i.e. torch's
+    instance norm with the same affine (vbs=1 is valid, not an error)."""
+    layer = _layer(3, 2, 1, backend="reference")
+    x = torch.randn(5, 2, 4, dtype=torch.float64) * 2 + 1
+    expected = F.instance_norm(x, weight=layer.weight.detach(), bias=layer.bias.detach(),
+                               eps=layer.eps)  # fmt: skip
+    torch.testing.assert_close(layer(x), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(("n", "vbs", "length"), [(10, 4, 2), (9, 4, 2), (7, 3, 3), (11, 3, 2)])
+def test_remainders_of_more_than_one_value_per_channel_are_normalized(n, vbs, length):
+    """A last ghost batch with 2+ values per channel (e.g. 2 samples of length 2) is BN of it."""
+    x = torch.randn(n, 3, length, dtype=torch.float64) * 3 + 1
+    layer = _layer(3, 3, vbs, backend="reference")
+    expected = _reference(x.numpy(), vbs, layer.weight.detach().numpy(),
+                          layer.bias.detach().numpy(), layer.eps)  # fmt: skip
+    np.testing.assert_allclose(layer(x).detach().numpy(), expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("n", [12, 14])
+def test_no_affine(n):
+    layer = GhostBatchNorm2d(3, 4, affine=False, dtype=torch.float64)
+    x = torch.randn(n, 3, 2, 2, dtype=torch.float64) * 2 - 1
+    expected = _reference(x.numpy(), 4, np.ones(3), np.zeros(3), layer.eps)
+    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-10, atol=1e-10)
+    mean, var = _pooled(x.numpy(), 4)
+    np.testing.assert_allclose(layer.running_mean.numpy(), 0.1 * mean, rtol=1e-12)
+    np.testing.assert_allclose(layer.running_var.numpy(), 0.9 + 0.1 * var, rtol=1e-12)
+
+
+def test_positional_bn_arguments_after_virtual_batch_size():
+    """(num_features, virtual_batch_size, eps, momentum, affine, ...) as BN's signature."""
+    layer = GhostBatchNorm1d(3, 4, 1e-3, 0.5, False)
+    settings = (layer.eps, layer.momentum, layer.affine, layer.virtual_batch_size)
+    assert settings == (1e-3, 0.5, False, 4)
+    x = torch.randn(8, 3, dtype=torch.float64)
+    layer.double()(x)
+    mean, _ = _pooled(x.numpy(), 4)
+    np.testing.assert_allclose(layer.running_mean.numpy(), 0.5 * mean, rtol=1e-12)
+
+
+@pytest.mark.parametrize(("value", "error", "phrase"), [
+    (0, ValueError, "virtual_batch_size must be positive"),
+    (1.5, TypeError, "virtual_batch_size must be an int")])  # fmt: skip
+def test_bad_virtual_batch_size_error_names_the_layer(value, error, phrase):
+    with pytest.raises(error, match=f"GhostBatchNorm2d: {phrase}"):
+        GhostBatchNorm2d(3, value)
+
+
+def test_wrong_channel_count_names_the_layer():
+    with pytest.raises(ValueError, match=r"GhostBatchNorm1d\(3\): expected 3 channels"):
+        GhostBatchNorm1d(3, 2)(torch.randn(8, 4))
+
+
+def test_single_sample_remainder_error_says_what_to_do():
+    with pytest.raises(ValueError, match=r"BN of it is undefined \(choose a batch size"):
+        GhostBatchNorm1d(3, 4)(torch.randn(5, 3))
+
+
+def test_layer_runs_the_backend_it_names(monkeypatch):
+    """backend= is the backend of both calls, the full ghost batches and the remainder
+    (a registered spy around the reference transform)."""
+    from batchnorm.backends import registry
+
+    reference = registry.get("reference")
+    seen = []
+
+    def spy(input, *args):
+        seen.append(tuple(input.shape))
+        return reference.forward(input, *args)
+
+    monkeypatch.setitem(registry._BACKENDS, "spy", registry.Backend("spy", spy))
+    layer = _layer(2, 2, 4, backend="spy")
+    x = torch.randn(10, 2, dtype=torch.float64)
+    expected = _reference(x.numpy(), 4, layer.weight.detach().numpy(),
+                          layer.bias.detach().numpy(), layer.eps)  # fmt: skip
+    np.testing.assert_allclose(layer(x).detach().numpy(), expected, rtol=1e-10, atol=1e-10)
+    assert seen == [(4, 4), (2, 2)]  # 2 full ghost batches as 4 channels, then the 2 left

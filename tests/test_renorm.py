@@ -287,3 +287,80 @@ def test_empty_training_batch_is_counted_and_skipped_like_bn(shape):
     for name, value in torch_bn.state_dict().items():
         assert torch.equal(renorm.state_dict()[name], value), name
     assert int(renorm.num_batches_tracked) == 1 and int(renorm.skipped_updates) == 1
+
+
+def test_schedule_tensors_have_the_requested_dtype():
+    """Both ramp forms return ``dtype`` tensors: a float64 layer clips in float64."""
+    steps = torch.tensor([0, 5, 10])
+    for ramp in (0, 4):
+        rmax_t, dmax_t = renorm_limits(steps, 1.0 + 1e-12, 5.0, warmup_steps=5, ramp_steps=ramp,
+                                       dtype=torch.float64)  # fmt: skip
+        assert rmax_t.dtype == dmax_t.dtype == torch.float64
+        assert rmax_t[-1].item() == 1.0 + 1e-12  # not rounded to float32's 1.0
+    rmax_t, _ = renorm_limits(steps, 3.0, 5.0, 5, 0, dtype=torch.float64)
+    assert rmax_t.tolist() == [1.0, 3.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "phrase"),
+    [({"rmax": 0.5}, ValueError, "rmax must be >= 1"),
+     ({"dmax": -1.0}, ValueError, "dmax must be >= 0"),
+     ({"warmup_steps": -1}, ValueError, "warmup_steps must be >= 0"),
+     ({"warmup_steps": 2.0}, TypeError, "warmup_steps must be an int"),
+     ({"ramp_steps": -3}, ValueError, "ramp_steps must be >= 0"),
+     ({"ramp_steps": True}, TypeError, "ramp_steps must be an int"),
+     ({"track_running_stats": False}, ValueError, "needs track_running_stats=True")],
+)  # fmt: skip
+def test_bad_arguments_errors_name_the_layer_and_the_problem(kwargs, error, phrase):
+    with pytest.raises(error, match=f"BatchRenorm2d: .*{phrase}"):
+        BatchRenorm2d(3, **kwargs)
+
+
+def test_positional_bn_arguments():
+    """(num_features, eps, momentum, affine, ...) as BN's signature."""
+    layer = BatchRenorm1d(3, 1e-3, 0.5, False, warmup_steps=0, dtype=torch.float64)
+    assert (layer.eps, layer.momentum, layer.affine) == (1e-3, 0.5, False)
+    x = torch.randn(8, 3, dtype=torch.float64) + 2
+    layer(x)
+    torch.testing.assert_close(layer.running_mean, 0.5 * x.mean(0), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("shape", "match"),
+    [((8, 4), r"BatchRenorm1d\(3\): expected 3 channels"),
+     ((1, 3), r"BatchRenorm1d\(3\): expected more than 1 value per channel")],
+)  # fmt: skip
+def test_bad_training_input_errors_name_the_layer(shape, match):
+    layer = BatchRenorm1d(3)
+    with pytest.raises(ValueError, match=match):
+        layer(torch.randn(shape))
+    assert int(layer.num_batches_tracked) == 0
+
+
+def test_bfloat16_layer_on_every_backend():
+    """A bfloat16 layer (model.bfloat16()) trains on bfloat16 input with each backend: the
+    folded weight and bias stay in the layer's dtype, as ATen's kernel requires."""
+    for backend in ("native", "reference"):
+        layer = _layer(4, 3, rmax=1.5, dmax=0.5, backend=backend).to(torch.bfloat16)
+        state = [s.astype(np.float64) for s in _state(layer.double())]
+        layer.to(torch.bfloat16)
+        x = (torch.randn(4, 3, 2, 2) * 2 + 1).to(torch.bfloat16)
+        y = layer(x)
+        assert y.dtype == torch.bfloat16
+        expected = _reference(x.double().numpy(), *state, layer.eps, 1.5, 0.5)
+        np.testing.assert_allclose(y.detach().double().numpy(), expected, atol=0.1)
+
+
+def test_population_estimator_pools_the_batches():
+    """estimator='population': the running statistics are the batches' pooled mean and
+    pooled unbiased within-batch variance, counting every value (float64 formula)."""
+    layer = BatchRenorm1d(2, estimator="population", warmup_steps=0, dtype=torch.float64)
+    batches = [torch.randn(4, 2, 3, dtype=torch.float64) * s + s for s in (1.0, 3.0)]
+    for x in batches:
+        layer(x)
+    values = [x.transpose(0, 1).reshape(2, -1) for x in batches]
+    mean = torch.cat(values, 1).mean(1)
+    squares = sum(((v - v.mean(1, keepdim=True)) ** 2).sum(1) for v in values)
+    torch.testing.assert_close(layer.running_mean, mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer.running_var, squares / (2 * (12 - 1)), rtol=1e-12, atol=0)
+    assert int(layer.population_samples) == 24 and int(layer.population_batches) == 2
