@@ -1,6 +1,8 @@
 """accumulate_statistics: k micro-batches leave the running statistics of ONE forward of
 the concatenated batch (every estimator, torch's layers, 1d and 2d), gradients unchanged."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -304,3 +306,46 @@ def test_frozen_layers_are_left_alone():
     with accumulate_statistics(model) as seen:
         model(torch.randn(4, 3, 5, 5))
     assert seen.layers == [model[1]]
+
+
+def test_a_layer_that_stopped_tracking_is_left_alone(one_thread):
+    """track_running_stats=False after construction: torch's layer keeps its buffers but
+    updates nothing in training; the context must not give it an update either."""
+    model = nn.Sequential(nn.BatchNorm1d(3), nn.BatchNorm1d(3))
+    model[0].track_running_stats = False
+    before = _state(model)
+    with accumulate_statistics(model) as seen:
+        model(torch.randn(5, 3) + 2)
+    assert seen.layers == [model[1]]
+    for name in ("0.running_mean", "0.running_var", "0.num_batches_tracked"):
+        torch.testing.assert_close(model.state_dict()[name], before[name], rtol=0, atol=0)
+    assert int(model[1].num_batches_tracked) == 1
+    assert batchnorm.accumulate.tracking_layers(model) == [model[1]]
+
+
+def test_moments_pool_every_position_of_a_channel():
+    """(N, C, H, W): per channel over N, H and W, against torch.var_mean of the whole."""
+    x = torch.randn(3, 2, 4, 5, dtype=torch.float64) * 2 + 1
+    got = moments(x)
+    var, mean = torch.var_mean(x.transpose(0, 1).reshape(2, -1), dim=1, correction=0)
+    assert got.n == 3 * 4 * 5
+    torch.testing.assert_close(got.mean, mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.m2, var * 60, rtol=1e-12, atol=1e-12)
+    assert got.mean.dtype == torch.float64
+    half = moments(x.float().half())
+    torch.testing.assert_close(half.mean, x.half().double().mean(dim=(0, 2, 3)),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_the_eval_warning_stays_once_per_layer_across_the_block(one_thread):
+    """A layer that already warned in eval mode does not warn again after a recorded forward
+    (its warned-once flag is put back as it was, not reset)."""
+    layer = BatchNorm1d(3).eval()
+    with pytest.warns(UserWarning, match="tracked no statistics"):
+        layer(torch.randn(4, 3))
+    with accumulate_statistics(layer):
+        layer.train()(torch.randn(4, 3))
+        layer.eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            layer(torch.randn(4, 3))

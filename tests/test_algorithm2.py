@@ -590,3 +590,86 @@ def test_fold_check_compares_every_tensor_of_nested_outputs():
 
     with pytest.raises(RuntimeError, match="output 1 of the folded model differs"):
         fold(Nested(), example_inputs=(torch.randn(8, 4),))
+
+
+# ---------------------------------------------------------------- the statistics pass (passes.py)
+
+from batchnorm.passes import first_tensor, statistics_pass  # noqa: E402
+
+
+def test_first_tensor_takes_the_input_of_every_batch_form():
+    x, y = torch.randn(2, 3), torch.randn(2)
+    assert first_tensor(x, "who") is x
+    assert first_tensor((x, y), "who") is x
+    assert first_tensor([x], "who") is x
+    assert first_tensor({"image": x, "label": y}, "who") is x
+
+
+@pytest.mark.parametrize(
+    ("batch", "kind"),
+    [((), "tuple"), ([], "list"), ({}, "dict"), (("text", torch.zeros(1)), "tuple"),
+     ({"label": 3, "image": torch.zeros(1)}, "dict"), (np.zeros(3), "ndarray"), (None, "NoneType")],
+)  # fmt: skip
+def test_first_tensor_refuses_a_batch_without_a_leading_tensor(batch, kind):
+    with pytest.raises(TypeError, match=rf"^caller: a batch must be a Tensor .*got {kind}$"):
+        first_tensor(batch, "caller")
+
+
+def _pass_model():
+    return nn.Sequential(nn.Linear(3, 3), BatchNorm1d(3), nn.Dropout(0.5), nn.BatchNorm1d(3))
+
+
+def test_statistics_pass_runs_bn_layers_in_training_and_everything_else_in_eval():
+    model = _pass_model()
+    modes = []
+    model[2].register_forward_pre_hook(
+        lambda module, args: modes.append([m.training for m in model.modules()]))
+    seen = []
+    batches = [torch.randn(4, 3), (torch.randn(5, 3), torch.zeros(5))]
+    model.train()
+    model[0].eval()  # a mixed model: every module gets its own mode back
+    count = statistics_pass(model, [model[1], model[3]], batches, None,
+                            lambda layer, x: seen.append((layer, x.shape[0])), "who")
+    assert count == 2
+    # root, Linear, BN, Dropout, BN: only the given BN layers train
+    assert modes == [[False, False, True, False, True]] * 2
+    assert [(layer is model[1], layer is model[3], n) for layer, n in seen] == \
+        [(True, False, 4), (False, True, 4), (True, False, 5), (False, True, 5)]
+    assert [m.training for m in model.modules()] == [True, False, True, True, True]
+    assert all(not m._forward_pre_hooks for m in (model[1], model[3]))
+
+
+def test_statistics_pass_observes_the_input_the_layer_gets():
+    model = _pass_model()
+    x = torch.randn(6, 3)
+    got = []
+    statistics_pass(model, [model[1]], [x], None, lambda layer, t: got.append(t.clone()), "who")
+    torch.testing.assert_close(got[0], model[0](x), rtol=0, atol=0)
+
+
+def test_statistics_pass_stops_after_num_batches_and_counts_what_it_ran():
+    model = _pass_model()
+    observed = []
+    batches = iter([torch.randn(4, 3) for _ in range(5)])
+    count = statistics_pass(model, [model[1]], batches, 2,
+                            lambda layer, x: observed.append(x), "who")
+    assert count == 2 and len(observed) == 2
+    assert len(list(batches)) == 2  # the third batch was drawn to find the end, no more
+    assert statistics_pass(model, [model[1]], [torch.randn(4, 3)] * 3, 3,
+                           lambda layer, x: None, "who") == 3
+    assert statistics_pass(model, [model[1]], [], None, lambda layer, x: None, "who") == 0
+
+
+def test_statistics_pass_restores_modes_and_hooks_when_it_fails():
+    model = _pass_model().eval()
+
+    def observe(layer, x):
+        raise RuntimeError("planted")
+
+    with pytest.raises(RuntimeError, match="planted"):
+        statistics_pass(model, [model[1]], [torch.randn(4, 3)], None, observe, "who")
+    assert not any(m.training for m in model.modules())
+    assert not model[1]._forward_pre_hooks
+    with pytest.raises(TypeError, match=r"^who: a batch must be"):
+        statistics_pass(model, [model[1]], ["text"], None, lambda layer, x: None, "who")
+    assert not any(m.training for m in model.modules()) and not model[1]._forward_pre_hooks

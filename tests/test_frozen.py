@@ -163,7 +163,7 @@ def test_freeze_the_root_layer_and_unfreeze_it():
     torch.testing.assert_close(frozen(x), bn(x))
     back = unfreeze_batchnorm(frozen)
     assert type(back) is BatchNorm2d and not back.training
-    torch.testing.assert_close(back(x), bn(x), rtol=0, atol=0)
+    torch.testing.assert_close(back.eval()(x), bn(x), rtol=1e-12, atol=1e-12)
     assert freeze_batchnorm(frozen) is frozen  # nothing left to freeze
 
 
@@ -217,3 +217,199 @@ def test_compiles_without_graph_breaks():
     explanation = torch._dynamo.explain(frozen)(x)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     torch.testing.assert_close(torch.compile(frozen, fullgraph=True)(x), frozen(x))
+
+
+# ---------------------------------------------------------------- construction and repr
+
+
+def test_meta_device_reaches_every_buffer_both_ways():
+    """device= goes to every buffer, num_batches_tracked too (here: torch's meta device)."""
+    assert {v.device.type for v in FrozenBatchNorm2d(3, device="meta").buffers()} == {"meta"}
+    frozen = freeze_batchnorm(nn.BatchNorm2d(3, device="meta"))
+    assert {v.device.type for v in frozen.buffers()} == {"meta"}
+    back = unfreeze_batchnorm(frozen)
+    assert {v.device.type for v in [*back.buffers(), *back.parameters()]} == {"meta"}
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [(lambda state: state.pop("running_var"), r"Missing key.*running_var"),
+     (lambda state: state.update(extra=torch.zeros(1)), r"Unexpected key.*extra"),
+     (lambda state: state.update(bias=torch.zeros(4)), r"size mismatch for bias")],
+)  # fmt: skip
+def test_a_strict_load_reports_what_does_not_fit(change, match):
+    state = _trained(nn.BatchNorm2d(3), 2).state_dict()
+    change(state)
+    with pytest.raises(RuntimeError, match=match):
+        FrozenBatchNorm2d(3).load_state_dict(state)
+
+
+def test_unfreeze_into_the_population_estimator_keeps_the_statistics():
+    bn = _trained(nn.BatchNorm2d(3), 2)
+    back = unfreeze_batchnorm(freeze_batchnorm(bn), estimator="population")
+    assert back.estimator == "population" and int(back.population_batches) == 0
+    torch.testing.assert_close(back.running_var, bn.running_var, rtol=0, atol=0)
+    torch.testing.assert_close(back.running_mean, bn.running_mean, rtol=0, atol=0)
+
+
+def test_a_fresh_layer_is_the_identity_bn_of_torchvision():
+    """weight 1, bias 0, running_mean 0, running_var 1: y = x / sqrt(1 + eps), every dimension."""
+    for dim, frozen_class in FROZEN.items():
+        frozen = frozen_class(3, eps=0.25)
+        x = torch.randn(2, 3, *SPATIAL[dim])
+        torch.testing.assert_close(frozen(x), x / 1.25**0.5)
+        assert frozen.eps == 0.25 and frozen.num_features == 3 and not frozen.trainable_affine
+        assert int(frozen.num_batches_tracked) == 0
+        assert frozen.num_batches_tracked.dtype == torch.long
+
+
+def test_repr_is_torchvisions():
+    assert repr(FrozenBatchNorm2d(3)) == "FrozenBatchNorm2d(3, eps=1e-05)"
+    assert repr(FrozenBatchNorm1d(2, 1e-3, trainable_affine=True)) == \
+        "FrozenBatchNorm1d(2, eps=0.001, trainable_affine=True)"
+
+
+def test_dtype_and_device_go_to_every_buffer():
+    frozen = FrozenBatchNorm3d(2, dtype=torch.float64, device="cpu")
+    assert {k: v.dtype for k, v in frozen.state_dict().items()} == dict.fromkeys(
+        ["weight", "bias", "running_mean", "running_var"], torch.float64)
+    trainable = FrozenBatchNorm3d(2, dtype=torch.float64, trainable_affine=True)
+    assert trainable.weight.dtype == torch.float64 and trainable.bias.dtype == torch.float64
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "match"),
+    [((True,), TypeError, "num_features must be an int"),
+     ((2.0,), TypeError, "num_features must be an int"),
+     ((0,), ValueError, "num_features must be positive"),
+     ((-3,), ValueError, "num_features must be positive"),
+     ((3, 0.0), ValueError, "eps must be positive"),
+     ((3, -1e-5), ValueError, "eps must be positive")],
+)  # fmt: skip
+def test_bad_arguments_say_what_is_wrong(args, error, match):
+    with pytest.raises(error, match=match):
+        FrozenBatchNorm2d(*args)
+
+
+def test_one_channel_and_numpy_int_are_accepted():
+    assert FrozenBatchNorm2d(1).num_features == 1
+    frozen = FrozenBatchNorm1d(np.int64(2))
+    assert type(frozen.num_features) is int and frozen(torch.ones(1, 2)).shape == (1, 2)
+
+
+def test_a_single_sample_is_normalized_with_the_frozen_statistics():
+    """Inference: no batch statistics, so one value per channel is fine (BN in eval mode too)."""
+    bn = _trained(nn.BatchNorm1d(4), 1).eval()
+    frozen = FrozenBatchNorm1d(4)
+    frozen.load_state_dict(bn.state_dict())
+    x = torch.randn(1, 4)
+    torch.testing.assert_close(frozen.train()(x), bn(x))
+
+
+def test_rank_errors_name_the_accepted_ranks():
+    ranks = r"FrozenBatchNorm1d\(4\): expected 2D or 3D input, got 4D"
+    with pytest.raises(ValueError, match=ranks):
+        FrozenBatchNorm1d(4)(torch.randn(2, 4, 3, 3))
+    with pytest.raises(ValueError, match=r"expected 5D input, got 4D input of shape \(2, 4, 3"):
+        FrozenBatchNorm3d(4)(torch.randn(2, 4, 3, 3))
+    with pytest.raises(ValueError, match=r"FrozenBatchNorm3d\(4\): expected 4 channels"):
+        FrozenBatchNorm3d(4)(torch.randn(2, 3, 1, 1, 1))
+
+
+# ---------------------------------------------------------------- freezing
+
+
+def test_freeze_keeps_the_layers_dtype_eps_and_statistics():
+    bn = _trained(nn.BatchNorm1d(3, eps=0.5, dtype=torch.float64), 1)
+    frozen = freeze_batchnorm(bn)
+    assert {v.dtype for v in frozen.state_dict().values()} == {torch.float64}
+    assert frozen.eps == 0.5
+    x = torch.randn(4, 3, dtype=torch.float64)
+    torch.testing.assert_close(frozen(x), bn.eval()(x), rtol=1e-12, atol=1e-12)
+    back = unfreeze_batchnorm(frozen)
+    assert back.eps == 0.5
+    assert {k: v.dtype for k, v in back.state_dict().items()} == \
+        {k: v.dtype for k, v in bn.state_dict().items()}
+    torch.testing.assert_close(back.eval()(x), bn(x), rtol=1e-12, atol=1e-12)
+    for key in ("weight", "bias", "running_mean", "running_var"):
+        torch.testing.assert_close(frozen.state_dict()[key], bn.state_dict()[key], rtol=0, atol=0)
+    assert int(frozen.num_batches_tracked) == 3
+
+
+def test_freeze_without_affine_is_weight_one_bias_zero():
+    bn = _trained(nn.BatchNorm2d(3, affine=False), 2)
+    frozen = freeze_batchnorm(bn, trainable_affine=True)
+    torch.testing.assert_close(frozen.weight, torch.ones(3), rtol=0, atol=0)
+    torch.testing.assert_close(frozen.bias, torch.zeros(3), rtol=0, atol=0)
+    x = torch.randn(2, 3, 2, 2)
+    torch.testing.assert_close(frozen(x), bn.eval()(x))
+
+
+def test_freeze_copies_a_non_trainable_affine():
+    bn = _trained(nn.BatchNorm2d(3), 2)
+    frozen = freeze_batchnorm(bn)
+    assert list(frozen.parameters()) == []
+    torch.testing.assert_close(frozen.weight, bn.weight.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(frozen.bias, bn.bias.detach(), rtol=0, atol=0)
+    with torch.no_grad():
+        bn.weight.add_(1)  # a copy: the BN's later changes do not reach the frozen layer
+    assert not torch.equal(frozen.weight, bn.weight.detach())
+
+
+def test_a_layer_missing_one_statistic_is_refused():
+    bn = _trained(nn.BatchNorm2d(3), 2)
+    bn.running_var = None
+    with pytest.raises(ValueError, match="no running statistics"):
+        freeze_batchnorm(bn)
+    other = _trained(nn.BatchNorm2d(3), 2)
+    other.running_mean = None
+    with pytest.raises(ValueError, match="no running statistics"):
+        freeze_batchnorm(other)
+
+
+def test_a_layer_without_a_batch_counter_freezes_with_zero():
+    bn = _trained(nn.BatchNorm2d(3), 2)
+    bn.num_batches_tracked = None
+    assert int(freeze_batchnorm(bn).num_batches_tracked) == 0
+
+
+@pytest.mark.parametrize("layer", [batchnorm.BatchNormAct1d(3), batchnorm.BatchNormAct2d(3)])
+def test_errors_name_the_path_or_the_model(layer):
+    with pytest.raises(TypeError, match=r"freeze_batchnorm: the model \(BatchNormAct.d\): "
+                                        r"a fused BN \+ activation .*drop the activation"):
+        freeze_batchnorm(layer)
+    with pytest.raises(TypeError, match=r"freeze_batchnorm: 0\.1 \(BatchNormAct.d\)"):
+        freeze_batchnorm(nn.Sequential(nn.Sequential(nn.Identity(), layer)))
+    with pytest.raises(TypeError, match=r"freeze_batchnorm: the model \(SyncBatchNorm\): only "
+                                        r"BatchNorm1d/2d/3d .* can be frozen"):
+        freeze_batchnorm(nn.SyncBatchNorm(3))
+
+
+def test_freeze_and_unfreeze_leave_other_layers_and_their_order():
+    model = nn.Sequential(nn.Linear(3, 3), nn.BatchNorm1d(3), nn.ReLU(),
+                          nn.Sequential(nn.Identity(), nn.BatchNorm1d(3)))  # fmt: skip
+    model(torch.randn(4, 3))
+    linear, relu, identity = model[0], model[2], model[3][0]
+    freeze_batchnorm(model)
+    assert model[0] is linear and model[2] is relu and model[3][0] is identity
+    assert [type(m) for m in model.children()] == \
+        [nn.Linear, FrozenBatchNorm1d, nn.ReLU, nn.Sequential]
+    assert isinstance(model[3][1], FrozenBatchNorm1d)
+    unfreeze_batchnorm(model)
+    assert model[0] is linear and model[2] is relu and model[3][0] is identity
+    assert isinstance(model[1], BatchNorm1d) and isinstance(model[3][1], BatchNorm1d)
+
+
+def test_unfreeze_of_a_loaded_frozen_layer_trains_again():
+    frozen = FrozenBatchNorm2d(3, eps=1e-3)
+    bn = _trained(nn.BatchNorm2d(3, eps=1e-3), 2)
+    frozen.load_state_dict(bn.state_dict())
+    frozen.eval()
+    back = unfreeze_batchnorm(frozen)
+    assert back.eps == 1e-3 and not back.training and back.affine and back.track_running_stats
+    assert [name for name, _ in back.named_parameters()] == ["weight", "bias"]
+    x = torch.randn(4, 3, 2, 2)
+    back.train()(x)
+    bn.train()(x)
+    torch.testing.assert_close(back.running_var, bn.running_var)
+    assert int(back.num_batches_tracked) == 4

@@ -66,7 +66,8 @@ def test_every_training_only_and_remove():
         model(torch.randn(8, 3))
     model(torch.randn(8, 3))
     assert scoped.steps == [0]
-    assert track_percentiles(model, "0", 0).as_tensor().shape == (0, 3)
+    empty = track_percentiles(model, "0", 0).as_tensor()
+    assert empty.shape == (0, 3) and empty.dtype == torch.float64
 
 
 def test_bad_arguments():
@@ -85,3 +86,129 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="has no unit 3 along dim 1"):
         model(torch.randn(4, 3))
     assert batchnorm.track_percentiles is track_percentiles
+
+
+def _tracked_values(tracker, column: torch.Tensor, q=(15, 50, 85)) -> torch.Tensor:
+    return torch.quantile(column.double(), torch.tensor(q, dtype=torch.float64) / 100)
+
+
+def test_defaults_record_the_input_every_forward_in_eval_mode_too():
+    """q = (15, 50, 85), where="input", every=1, training_only=False."""
+    model = _model()
+    tracker = track_percentiles(model, "1", 0)
+    assert tracker.q == (15.0, 50.0, 85.0) and tracker.where == "input"
+    xs = [torch.randn(9, 3) * 2 for _ in range(2)]
+    model(xs[0])
+    model.eval()
+    model(xs[1])
+    assert tracker.steps == [0, 1]
+    expected = torch.stack([_tracked_values(tracker, x[:, 0]) for x in xs])
+    torch.testing.assert_close(tracker.as_tensor(), expected, rtol=0, atol=1e-12)
+    assert tracker.as_tensor().dtype == torch.float64
+    assert all(isinstance(value, float) for _, values in tracker.records for value in values)
+
+
+def test_every_third_forward_counted_from_zero():
+    model = _model()
+    tracker = track_percentiles(model, "1", 2, q=(50,), every=3)
+    xs = [torch.randn(5, 3) for _ in range(7)]
+    for x in xs:
+        model(x)
+    assert tracker.steps == [0, 3, 6]
+    torch.testing.assert_close(tracker.as_tensor()[:, 0],
+                               torch.stack([xs[i][:, 2].double().median() for i in (0, 3, 6)]),
+                               rtol=0, atol=0)
+
+
+def test_training_only_skips_eval_forwards_without_counting_them():
+    model = nn.Sequential(nn.Identity(), nn.Identity())
+    tracker = track_percentiles(model, "1", 0, q=(100,), training_only=True)
+    x = torch.arange(12.0).reshape(4, 3)
+    model.eval()
+    model(x)
+    model.train()
+    model(x)
+    assert tracker.records == [(0, (9.0,))]
+
+
+def test_boundary_percentiles_and_a_3d_input_over_all_positions():
+    model = nn.Sequential(BatchNorm1d(2))
+    tracker = track_percentiles(model, "0", 1, q=[0, 100.0, 37.5])
+    x = torch.randn(3, 2, 5) * 4
+    model(x)
+    column = x[:, 1].reshape(-1).double()
+    expected = np.percentile(column.numpy(), (0, 100, 37.5))
+    np.testing.assert_allclose(tracker.as_tensor()[0].numpy(), expected, rtol=0, atol=1e-12)
+    assert tracker.q == (0.0, 100.0, 37.5)
+
+
+def test_the_output_is_read_with_where_output():
+    model = nn.Sequential(nn.Linear(3, 3))
+    tracker = track_percentiles(model, "0", 1, q=(50,), where="output")
+    x = torch.randn(7, 3)
+    out = model(x).detach()
+    assert tracker.records[0][1][0] == float(out[:, 1].double().median())
+
+
+def test_context_manager_removes_the_hook_and_yields_the_tracker():
+    model = _model()
+    with track_percentiles(model, "1", 0) as tracker:
+        assert isinstance(tracker, batchnorm.percentiles.PercentileTracker)
+        assert model[1]._forward_hooks
+    assert not model[1]._forward_hooks
+
+
+class _TupleOut(nn.Module):
+    def forward(self, x):
+        return x, x
+
+
+@pytest.mark.parametrize(
+    ("where", "x", "match"),
+    [("input", torch.randn(5), r"'0' input \(5,\) has no unit 0"),
+     ("output", torch.randn(4, 3), r"'0' output tuple has no unit 0")],
+)  # fmt: skip
+def test_values_without_the_unit_are_refused_with_what_was_there(where, x, match):
+    model = nn.Sequential(_TupleOut())
+    track_percentiles(model, "0", 0, where=where)
+    with pytest.raises(ValueError, match=match):
+        model(x)
+
+
+def test_a_missing_submodule_lists_the_names_there_are():
+    model = nn.Sequential(*[nn.Identity() for _ in range(3)])
+    with pytest.raises(ValueError, match=r"no submodule 'x'; the model has \['0', '1', '2'\]$"):
+        track_percentiles(model, "x", 0)
+    big = nn.Sequential(*[nn.Identity() for _ in range(13)])
+    with pytest.raises(ValueError, match=r"\['0', .*'11'\] \.\.\.$") as info:
+        track_percentiles(big, "x", 0)
+    assert "'12'" not in str(info.value)
+    exactly = nn.Sequential(*[nn.Identity() for _ in range(12)])
+    with pytest.raises(ValueError, match=r"'11'\]$"):
+        track_percentiles(exactly, "x", 0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"unit": True}, "unit must be a non-negative int"),
+     ({"unit": 1.0}, "unit must be a non-negative int"),
+     ({"q": ()}, "q must be percentages in"),
+     ({"q": (-0.5, 50)}, "q must be percentages in"),
+     ({"q": (50, 100.5)}, "q must be percentages in"),
+     ({"where": "Input"}, "where must be 'input' or 'output'"),
+     ({"every": True}, "every must be a positive int"),
+     ({"every": 2.0}, "every must be a positive int"),
+     ({"every": -1}, "every must be a positive int")],
+)  # fmt: skip
+def test_bad_arguments_say_what_is_wrong(kwargs, match):
+    arguments = {"unit": 0} | kwargs
+    with pytest.raises(ValueError, match=match):
+        track_percentiles(_model(), "1", **arguments)
+
+
+def test_unit_zero_and_every_one_are_accepted():
+    model = _model()
+    tracker = track_percentiles(model, "1", 0, every=1)
+    model(torch.randn(4, 3))
+    model(torch.randn(4, 3))
+    assert tracker.steps == [0, 1]
