@@ -162,3 +162,40 @@ def test_gather_moments_unpacks_every_rank_of_the_gathered_table(monkeypatch):
 
     monkeypatch.setattr(dist, "all_gather_single", all_gather_single)
     _assert_moments(gather_moments(parts[0], "group", 3), torch.cat(parts))
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (4, 3, 2)])
+def test_local_moments_stay_on_the_inputs_device(shape):
+    """Empty or not, count, mean and M2 live where the input does (here: torch's meta device)."""
+    got = local_moments(torch.empty(shape, device="meta"))
+    assert [t.device.type for t in got] == ["meta"] * 3
+    assert got.count.shape == () and got.mean.shape == (3,) and got.m2.shape == (3,)
+
+
+def test_gather_moments_gathers_into_a_buffer_on_the_inputs_device(monkeypatch):
+    """The collective's output buffer is on the input's device, as NCCL requires (meta here)."""
+    calls = []
+
+    def all_gather_single(output, input, group=None):
+        calls.append((output.device.type, input.device.type, output.numel(), input.numel()))
+
+    monkeypatch.setattr(dist, "all_gather_single", all_gather_single)
+    got = gather_moments(torch.empty(5, 2, 3, device="meta"), None, 4)
+    assert calls == [("meta", "meta", 4 * 5, 5)]
+    assert got.mean.device.type == "meta" and got.mean.shape == (2,)
+
+
+def test_all_reduce_sums_sums_over_the_given_group(monkeypatch):
+    """A stand-in all-reduce adding two other ranks' (Sg, Sgx): the sums come back split."""
+    others = [torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([10.0, 20.0, 30.0, 40.0])]
+
+    def all_reduce(tensor, op=dist.ReduceOp.SUM, group=None):
+        assert op == dist.ReduceOp.SUM and group == "group"
+        for other in others:
+            tensor.add_(other)
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    total_g, total_gx = all_reduce_sums(torch.tensor([0.5, -1.0]), torch.tensor([2.0, 0.0]),
+                                        "group")
+    torch.testing.assert_close(total_g, torch.tensor([11.5, 21.0]), rtol=0, atol=0)
+    torch.testing.assert_close(total_gx, torch.tensor([35.0, 44.0]), rtol=0, atol=0)

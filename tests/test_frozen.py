@@ -279,11 +279,11 @@ def test_dtype_and_device_go_to_every_buffer():
 
 @pytest.mark.parametrize(
     ("args", "error", "match"),
-    [((True,), TypeError, "num_features must be an int"),
+    [((True,), TypeError, "FrozenBatchNorm2d: num_features must be an int"),
      ((2.0,), TypeError, "num_features must be an int"),
-     ((0,), ValueError, "num_features must be positive"),
+     ((0,), ValueError, "FrozenBatchNorm2d: num_features must be positive"),
      ((-3,), ValueError, "num_features must be positive"),
-     ((3, 0.0), ValueError, "eps must be positive"),
+     ((3, 0.0), ValueError, "FrozenBatchNorm2d: eps must be positive"),
      ((3, -1e-5), ValueError, "eps must be positive")],
 )  # fmt: skip
 def test_bad_arguments_say_what_is_wrong(args, error, match):
@@ -413,3 +413,14 @@ def test_unfreeze_of_a_loaded_frozen_layer_trains_again():
     bn.train()(x)
     torch.testing.assert_close(back.running_var, bn.running_var)
     assert int(back.num_batches_tracked) == 4
+
+
+def test_an_affine_free_bn_round_trips_through_freezing():
+    """Frozen from BN(affine=False) (weight 1, bias 0), unfrozen with affine=False: no
+    parameters, the same statistics and eval outputs."""
+    bn = _trained(nn.BatchNorm2d(3, affine=False), 2).eval()
+    back = unfreeze_batchnorm(freeze_batchnorm(bn), affine=False)
+    assert back.weight is None and back.bias is None and list(back.parameters()) == []
+    torch.testing.assert_close(back.running_var, bn.running_var, rtol=0, atol=0)
+    x = torch.randn(2, 3, 2, 2)
+    torch.testing.assert_close(back(x), bn(x))
