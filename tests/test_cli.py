@@ -40,28 +40,34 @@ def test_console_entry_point_runs():
     assert result.returncode == 0 and "fetch" in result.stdout
 
 
-def _imported_after(*argv: str) -> set[str]:
-    """The batchnorm modules a fresh interpreter has imported after ``cli.main(argv)``."""
+def _imported_after(*argvs: list[str]) -> list[set[str]]:
+    """The batchnorm modules one fresh interpreter has imported after each ``cli.main(argv)``
+    in turn (imports only accumulate, so each set is what that command and the ones before it
+    needed)."""
     code = (
         "import sys\n"
         "from batchnorm import cli\n"
-        "try:\n"
-        f"    cli.main({list(argv)!r})\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "print(' '.join(m for m in sys.modules if m.startswith('batchnorm.')))\n"
+        f"for argv in {[list(argv) for argv in argvs]!r}:\n"
+        "    try:\n"
+        "        cli.main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "    print('MODULES', ' '.join(m for m in sys.modules if m.startswith('batchnorm.')))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
-    return set(result.stdout.split())
+    lines = [line.split()[1:] for line in result.stdout.splitlines() if line.startswith("MODULES")]
+    assert len(lines) == len(argvs), result.stdout
+    return [set(line) for line in lines]
 
 
 def test_subcommand_modules_are_imported_only_when_chosen():
     modules = ("batchnorm.experiments.figure1", "batchnorm.experiments.inception",
                "batchnorm.benchmark", "batchnorm.data._cli_fetch")
-    assert not set(modules) & _imported_after("--help")
-    assert not set(modules) & _imported_after("reproduce", "--help")
-    chosen = _imported_after("reproduce", "figure1", "--help")
+    top, reproduce, chosen = _imported_after(["--help"], ["reproduce", "--help"],
+                                             ["reproduce", "figure1", "--help"])
+    assert not set(modules) & top
+    assert not set(modules) & reproduce
     assert "batchnorm.experiments.figure1" in chosen
     assert not {"batchnorm.experiments.inception", "batchnorm.benchmark"} & chosen
 

@@ -9,6 +9,9 @@ from hypothesis import strategies as st
 from batchnorm import BatchNorm1d, BatchNorm2d, reference
 from batchnorm.statistics import pool_population, update_moving_average
 
+# Tiny tensors: one intra-op thread (see conftest's one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @given(
     sizes=st.lists(st.integers(2, 9), min_size=1, max_size=6),
