@@ -35,7 +35,7 @@ reproduce: $(STAMP)
 	$(VENV)/bin/batchnorm reproduce figure1
 
 # Mutation testing of the core modules ([tool.mutmut] in pyproject.toml; docs/mutation.md).
-# Slow (an hour or more on 2 cores) and not part of `make test`; MUTMUT_ARGS narrows it,
+# About 15 minutes on 2 cores; not part of `make test`. MUTMUT_ARGS narrows it,
 # e.g. MUTMUT_ARGS='"batchnorm.statistics*"'.
 MUTMUT_ARGS ?=
 mutation: $(DEV_STAMP)
