@@ -349,3 +349,18 @@ def test_the_eval_warning_stays_once_per_layer_across_the_block(one_thread):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             layer(torch.randn(4, 3))
+
+
+@pytest.mark.parametrize("kind", ["ours", "torch"])
+def test_a_layer_called_with_a_keyword_input_is_accumulated(one_thread, kind):
+    """``layer(input=x)``: a plain forward hook sees no positional argument; the block must
+    still pool the call and leave ONE update of the concatenated batch (not k of its own)."""
+    layer = _net(kind, 1)(4)
+    reference = _net(kind, 1)(4)
+    micro = [torch.randn(n, 4) * (1 + i) + 2 * i for i, n in enumerate(SIZES)]
+    with accumulate_statistics(layer) as seen:
+        for x in micro:
+            layer(input=x)
+    assert seen.calls[layer] == len(micro)
+    reference(torch.cat(micro))
+    _assert_same_state(_state(layer), _state(reference))

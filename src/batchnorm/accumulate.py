@@ -175,12 +175,14 @@ class Accumulation:
     def _before(self, layer: nn.Module, args: tuple) -> None:
         self._saved[layer].append(_snapshot(layer) if layer.training else {})
 
-    def _after(self, layer: nn.Module, args: tuple, output: object) -> None:
+    def _after(self, layer: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
         saved = self._saved[layer].pop()
-        if not layer.training or not args:
+        # The input, passed by position or as ``layer(input=x)``.
+        input = args[0] if args else kwargs.get("input")
+        if not layer.training or input is None:
             return
         _restore(layer, saved)
-        seen = moments(args[0])
+        seen = moments(input)
         previous = self.pooled.get(layer)
         self.pooled[layer] = seen if previous is None else previous.merge(seen)
         self.calls[layer] += 1
@@ -206,7 +208,7 @@ def accumulate_statistics(model: nn.Module) -> Iterator[Accumulation]:
     handles = []
     for layer in layers:
         handles.append(layer.register_forward_pre_hook(state._before))
-        handles.append(layer.register_forward_hook(state._after))
+        handles.append(layer.register_forward_hook(state._after, with_kwargs=True))
         _ACTIVE.add(layer)
     try:
         yield state
