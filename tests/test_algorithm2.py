@@ -673,3 +673,22 @@ def test_statistics_pass_restores_modes_and_hooks_when_it_fails():
     with pytest.raises(TypeError, match=r"^who: a batch must be"):
         statistics_pass(model, [model[1]], ["text"], None, lambda layer, x: None, "who")
     assert not any(m.training for m in model.modules()) and not model[1]._forward_pre_hooks
+
+
+def test_statistics_pass_sees_a_layer_called_with_a_keyword_input():
+    """A custom forward calling ``bn(input=h)``: the pass observes h, and recompute_statistics
+    gives the statistics of h (not a crash on an empty positional tuple)."""
+
+    class KeywordCall(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear, self.bn = nn.Linear(3, 3), BatchNorm1d(3)
+
+        def forward(self, x):
+            return self.bn(input=self.linear(x))
+
+    model = KeywordCall()
+    x = torch.randn(8, 3) * 2 + 1
+    got = []
+    statistics_pass(model, [model.bn], [x], None, lambda layer, t: got.append(t.clone()), "who")
+    torch.testing.assert_close(got[0], model.linear(x), rtol=0, atol=0)

@@ -212,3 +212,22 @@ def test_unit_zero_and_every_one_are_accepted():
     model(torch.randn(4, 3))
     model(torch.randn(4, 3))
     assert tracker.steps == [0, 1]
+
+
+def test_a_layer_called_with_a_keyword_input_is_recorded():
+    """``layer(input=x)`` gives a forward hook no positional argument: the input is still read."""
+
+    class KeywordCall(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = BatchNorm1d(3)
+
+        def forward(self, x):
+            return self.bn(input=x)
+
+    model = KeywordCall()
+    x = torch.randn(50, 3)
+    with track_percentiles(model, "bn", unit=2, q=(50,)) as tracker:
+        model(x)
+    assert tracker.records[0][1][0] == pytest.approx(float(torch.quantile(x[:, 2].double(),
+                                                                          0.5)))

@@ -39,10 +39,10 @@ def statistics_pass(model: nn.Module, layers: Sequence[nn.Module], batches: Iter
     docstring says; the number of batches run."""
     modes = {module: module.training for module in model.modules()}
 
-    def hook(layer: nn.Module, inputs: tuple[Any, ...]) -> None:
-        observe(layer, inputs[0])
+    def hook(layer: nn.Module, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        observe(layer, inputs[0] if inputs else kwargs["input"])  # layer(x) or layer(input=x)
 
-    hooks = [layer.register_forward_pre_hook(hook) for layer in layers]
+    hooks = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in layers]
     seen = 0
     try:
         model.eval()

@@ -35,16 +35,17 @@ class PercentileTracker:
         self.records: list[tuple[int, tuple[float, ...]]] = []
         self.step = 0
         self._fractions = torch.tensor([value / 100 for value in q], dtype=torch.float64)
-        self._handle = module.register_forward_hook(self._record)
+        self._handle = module.register_forward_hook(self._record, with_kwargs=True)
 
     @torch.no_grad()
-    def _record(self, module: nn.Module, args: tuple, output: object) -> None:
+    def _record(self, module: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
         if self.training_only and not module.training:
             return
         step, self.step = self.step, self.step + 1
         if step % self.every:
             return
-        values = args[0] if self.where == "input" else output
+        given = args[0] if args else kwargs.get("input")  # layer(x) or layer(input=x)
+        values = given if self.where == "input" else output
         if not isinstance(values, Tensor) or values.dim() < 2 or values.shape[1] <= self.unit:
             shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
             raise ValueError(f"track_percentiles: {self.name!r} {self.where} {shape} has no "
