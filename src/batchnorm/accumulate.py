@@ -68,6 +68,7 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor, nn
 
+from batchnorm.passes import hook_input
 from batchnorm.statistics import ESTIMATORS, update_running_statistics
 
 __all__ = ["Accumulation", "Moments", "accumulate_statistics", "moments", "tracking_layers"]
@@ -177,8 +178,7 @@ class Accumulation:
 
     def _after(self, layer: nn.Module, args: tuple, kwargs: dict, output: object) -> None:
         saved = self._saved[layer].pop()
-        # The input, passed by position or as ``layer(input=x)``.
-        input = args[0] if args else kwargs.get("input")
+        input = hook_input(args, kwargs)
         if not layer.training or input is None:
             return
         _restore(layer, saved)

@@ -16,7 +16,13 @@ from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["first_tensor", "statistics_pass"]
+__all__ = ["first_tensor", "hook_input", "statistics_pass"]
+
+
+def hook_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A layer's input as a ``with_kwargs=True`` hook sees it: ``layer(x)`` or
+    ``layer(input=x)`` (None if neither)."""
+    return args[0] if args else kwargs.get("input")
 
 
 def first_tensor(batch: Any, who: str) -> Tensor:
@@ -40,7 +46,7 @@ def statistics_pass(model: nn.Module, layers: Sequence[nn.Module], batches: Iter
     modes = {module: module.training for module in model.modules()}
 
     def hook(layer: nn.Module, inputs: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        observe(layer, inputs[0] if inputs else kwargs["input"])  # layer(x) or layer(input=x)
+        observe(layer, hook_input(inputs, kwargs))
 
     hooks = [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in layers]
     seen = 0

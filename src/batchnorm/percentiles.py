@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from batchnorm.passes import hook_input
+
 __all__ = ["PercentileTracker", "track_percentiles"]
 
 
@@ -44,8 +46,7 @@ class PercentileTracker:
         step, self.step = self.step, self.step + 1
         if step % self.every:
             return
-        given = args[0] if args else kwargs.get("input")  # layer(x) or layer(input=x)
-        values = given if self.where == "input" else output
+        values = hook_input(args, kwargs) if self.where == "input" else output
         if not isinstance(values, Tensor) or values.dim() < 2 or values.shape[1] <= self.unit:
             shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
             raise ValueError(f"track_percentiles: {self.name!r} {self.where} {shape} has no "

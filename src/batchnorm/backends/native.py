@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from batchnorm.backends._math import reduction_dims
 from batchnorm.backends.registry import Backend, register
 
 __all__ = ["BACKEND", "FUSED_UPDATE_MAX_NUMEL", "update_in_kernel", "update_small"]
@@ -36,8 +37,8 @@ def _forward(input, weight, bias, running_mean, running_var, training, eps):
         if mean.dtype not in (torch.float32, torch.float64):
             # ATen's CPU kernel rounds its statistics to a half/bfloat16 input's dtype unless
             # a float32 parameter makes the call mixed-type: the contract's are float32.
-            dims = [d for d in range(input.dim()) if d != 1]
-            var, mean = torch.var_mean(input.detach().float(), dim=dims, correction=0)
+            var, mean = torch.var_mean(input.detach().float(), dim=reduction_dims(input),
+                                       correction=0)
             return output, mean, var
         # ATen returns 1/sqrt(var + eps); invert it rather than spend a pass over the input.
         var = (invstd.detach().double().pow(-2) - eps).clamp_min(0.0)
